@@ -1,0 +1,87 @@
+"""Reference models from the source frameworks, with random weights, written in their real file formats.
+
+BatchNorm running statistics and affine parameters are set to non-trivial random
+values: with the defaults (mean 0, var 1) a port that ignored them would still pass.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+
+
+def randomize_torch_bn(model, seed: int = 0) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+
+
+def torchvision_reference(arch: str, path: str, seed: int = 0, **kwargs):
+    """``torchvision.models.<arch>(weights=None)`` in eval mode, saved with ``torch.save(state_dict)``."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None, **kwargs)
+    randomize_torch_bn(model, seed)
+    model.eval()
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def torch_forward(model, x_nhwc: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
+
+
+def randomize_keras_bn(model, seed: int = 0) -> None:
+    import keras
+
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            new = []
+            for w in layer.weights:
+                name = w.path.rsplit("/", 1)[-1]
+                lo, hi = (0.5, 2.0) if name in ("gamma", "moving_variance") else (-0.5, 0.5)
+                new.append(rng.uniform(lo, hi, w.shape).astype("float32"))
+            layer.set_weights(new)
+
+
+def save_keras_h5(model, path: str) -> None:
+    """The legacy HDF5 layout of the published ``keras.applications`` weight files."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def keras_reference(app: str, path: str, input_size: int, seed: int = 0, **kwargs):
+    """``keras.applications.<app>(weights=None)`` with logits out, saved as legacy HDF5."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    kwargs.setdefault("classifier_activation", None)
+    model = getattr(keras.applications, app)(weights=None, input_shape=(input_size, input_size, 3), **kwargs)
+    randomize_keras_bn(model, seed)
+    save_keras_h5(model, path)
+    return model
+
+
+def parity_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max(1, max |ref|): the issue's float32 parity bar is 1e-4."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    return float(np.abs(np.asarray(out, np.float64) - ref).max() / max(1.0, float(np.abs(ref).max())))

@@ -1,0 +1,1 @@
+"""Weight conversion (torchvision, Keras) and the converted-weights store."""

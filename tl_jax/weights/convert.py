@@ -1,0 +1,98 @@
+"""Strict, table-driven weight conversion.
+
+A name map is a list of rules ``(source regex, target path template, transform)``.
+Every source array must match a rule (a ``None`` transform drops it on purpose,
+e.g. ``num_batches_tracked``), and every leaf of the target variables must be
+filled exactly once with the right shape. Anything else raises
+:class:`ConversionError` naming the missing keys, the unexpected keys and the
+first shape mismatch, before anything is written.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+Transform = Callable[[np.ndarray], np.ndarray] | None
+Rule = tuple[str, str, Transform]
+
+
+class ConversionError(ValueError):
+    """The source weights do not fit the target model."""
+
+
+# Transforms shared by the name maps.
+def copy(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def conv_oihw_to_hwio(a: np.ndarray) -> np.ndarray:
+    return np.transpose(a, (2, 3, 1, 0))
+
+
+def linear_to_dense(a: np.ndarray) -> np.ndarray:
+    return a.T
+
+
+def apply_rules(source: Mapping[str, np.ndarray], rules: Sequence[Rule]
+                ) -> tuple[dict[tuple[str, ...], tuple[str, np.ndarray]], list[str]]:
+    """Map source names to target paths with the first matching rule.
+
+    Returns ``(entries, unmatched)``: ``entries[path] = (source_name, array)``
+    with ``path`` like ``("params", "layer1", "block0", "conv1", "kernel")``.
+    """
+    compiled = [(re.compile(pattern), template, fn) for pattern, template, fn in rules]
+    entries: dict[tuple[str, ...], tuple[str, np.ndarray]] = {}
+    unmatched: list[str] = []
+    for name, array in source.items():
+        for regex, template, fn in compiled:
+            m = regex.fullmatch(name)
+            if m is None:
+                continue
+            if fn is not None:
+                path = tuple(m.expand(template).split("/"))
+                if path in entries:
+                    raise ConversionError(f"source keys {entries[path][0]!r} and {name!r} both map to "
+                                          f"{'/'.join(path)}")
+                entries[path] = (name, fn(np.asarray(array)))
+            break
+        else:
+            unmatched.append(name)
+    return entries, unmatched
+
+
+def assemble(template: Mapping[str, Any], entries: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
+             unmatched: Iterable[str] = (), *, what: str = "weights") -> dict[str, Any]:
+    """Fill every leaf of ``template`` (a tree of shapes) from ``entries``; strict.
+
+    The result holds float32 (or the template's dtype) numpy arrays with the
+    template's structure.
+    """
+    flat_t = traverse_util.flatten_dict(dict(template))
+    unexpected = list(unmatched) + [f"{src} (-> {'/'.join(p)})" for p, (src, _) in entries.items()
+                                    if p not in flat_t]
+    missing = ["/".join(p) for p in flat_t if p not in entries]
+    mismatch = next((f"{entries[p][0]} -> {'/'.join(p)}: source {entries[p][1].shape} vs target {t.shape}"
+                     for p, t in flat_t.items() if p in entries and entries[p][1].shape != tuple(t.shape)),
+                    None)
+    if missing or unexpected or mismatch:
+        lines = [f"{what} do not match the model:"]
+        if missing:
+            lines.append(f"  missing {len(missing)} target keys, first: {', '.join(missing[:5])}")
+        if unexpected:
+            lines.append(f"  unexpected {len(unexpected)} source keys, first: {', '.join(unexpected[:5])}")
+        if mismatch:
+            lines.append(f"  first shape mismatch: {mismatch}")
+        raise ConversionError("\n".join(lines))
+    return traverse_util.unflatten_dict(
+        {p: np.asarray(entries[p][1], dtype=t.dtype) for p, t in flat_t.items()})
+
+
+def variables_template(model: Any, input_size: int) -> dict[str, Any]:
+    """Shapes of ``model``'s variables, without allocating or computing anything."""
+    x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+    return dict(jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x))
