@@ -1,0 +1,62 @@
+"""Default fine-tuning configuration; every recipe starts from it.
+
+Override any field on the command line, e.g.
+  python scripts/train.py --config configs/default.py --workdir runs/x \
+      --config.freeze.frozen_depth=4 --config.optim.learning_rate=0.01
+The config is locked: a misspelt field fails with a "did you mean" hint.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # Pretrained weights: a directory written by scripts/convert_weights.py (or the quickstart's
+    # pretraining). Empty: random initialisation of model.arch (training from scratch).
+    c.weights = ""
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "resnet50"          # used only when weights == ""
+    c.model.source = "torchvision"     # torchvision | keras; used only when weights == ""
+    c.model.dtype = "bfloat16"         # compute dtype; params, BatchNorm statistics and loss stay float32
+
+    c.data = ml_collections.ConfigDict()
+    # "tfds:<name>", "folder:<path>" (one subfolder per class), "synthetic" or "digits".
+    c.data.source = "tfds:tf_flowers"
+    c.data.train_split = "train[:90%]"
+    c.data.eval_split = "train[90%:]"
+    c.data.data_dir = ""               # TFDS data_dir; empty: the TFDS default
+    c.data.image_size = 0              # 0: the weights' input size (224, Inception 299)
+    c.data.num_classes = 0             # 0: read from the dataset
+    c.data.min_crop_area = 0.08        # random-resized-crop scale lower bound
+    c.data.skip_corrupt = False        # skip unreadable images with a warning instead of failing
+
+    c.freeze = ml_collections.ConfigDict()
+    c.freeze.frozen_depth = 0          # freeze the first k stages (0: full fine-tune; -1: every backbone stage)
+    c.freeze.patterns = ()             # alternatively: regexes over '/'-joined parameter paths to freeze
+    c.freeze.lr_mults = ()             # (regex, multiplier) pairs: discriminative learning rates
+    c.freeze.unfreeze_every_steps = 0  # gradual unfreezing: one more stage from the top every N steps
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "sgd"               # sgd (momentum, nesterov) | adamw
+    c.optim.learning_rate = 0.01       # peak, for the global batch
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 1e-4        # applied to trainable leaves only
+    c.optim.schedule = "cosine"        # cosine | constant
+    c.optim.warmup_epochs = 0.0
+    c.optim.grad_clip_norm = 0.0       # 0: off; clips the trainable gradients only
+
+    c.batch_size = 64                  # global batch, split over all devices and hosts
+    c.num_epochs = 10
+    c.label_smoothing = 0.0
+    c.parallel = "shard_map"           # shard_map | pmap
+    c.sync_bn = True                   # trainable BatchNorm averages batch statistics across devices
+    c.seed = 0
+    # Linear probe fast path (frozen_depth == every backbone stage): features computed once, cached on disk.
+    c.feature_cache = False
+    c.feature_cache_views = 1          # augmented views per training image (1: the eval transform only)
+
+    c.log_every_steps = 20
+    c.eval_every_epochs = 1
+    c.checkpoint_every_steps = 200
+    c.keep_checkpoints = 2             # plus the best by eval top-1
+    return c
