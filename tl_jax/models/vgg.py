@@ -1,0 +1,128 @@
+"""VGG ports: torchvision vgg11/13/16/19 (with and without BatchNorm) and Keras VGG16/19.
+
+The variants differ only before the classifier (see ../shared GUIDE): torchvision
+average-pools adaptively to 7x7 (identity at 224) and its checkpoints flatten
+(C, H, W), which the weight map fixes once by permuting fc6; Keras flattens NHWC
+directly and so only runs at the input size its fc6 was built for. torchvision's
+``*_bn`` puts a BatchNorm (eps 1e-5) between every conv and its ReLU.
+
+Stages: ``block1..block5`` (convs, each ending with its 2x2 max-pool),
+``classifier`` (fc6, fc7) and ``head`` (fc8).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tl_jax.models import layers
+
+STAGE_NAMES = ("block1", "block2", "block3", "block4", "block5", "classifier", "head")
+BLOCK_FEATURES = (64, 128, 256, 512, 512)
+# Convolutions per block: torchvision configurations "A", "B", "D", "E" (Keras VGG16/19 are D/E).
+BLOCK_CONVS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+# torchvision trains fc6/fc7 with dropout 0.5; keras.applications VGG has no dropout layer.
+DEFAULT_DROPOUT = {"torchvision": 0.5, "keras": 0.0}
+_BN_EPS = 1e-5
+
+
+class _Block(nn.Module):
+    """``num_convs`` x (3x3 conv [+ BatchNorm] + ReLU), then a 2x2 max-pool."""
+    num_convs: int
+    features: int
+    batch_norm: bool
+    use_running_average: bool
+    bn_axis_name: str | None
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(1, self.num_convs + 1):
+            x = layers.conv(self.features, 3, 1, 1, use_bias=True, name=f"conv{i}", dtype=self.dtype,
+                            param_dtype=self.param_dtype)(x)
+            if self.batch_norm:
+                x = layers.batch_norm(use_running_average=self.use_running_average, epsilon=_BN_EPS,
+                                      axis_name=self.bn_axis_name, name=f"bn{i}", dtype=self.dtype,
+                                      param_dtype=self.param_dtype)(x)
+            x = nn.relu(x)
+        return layers.max_pool(x, 2, 2)
+
+
+class _Classifier(nn.Module):
+    """[adaptive 7x7 average pool,] flatten NHWC, fc6 + ReLU + dropout, fc7 + ReLU.
+
+    The dropout after fc7 belongs to this stage too but is applied by the caller
+    on the way to the head, so the returned features are the fc7 activations.
+    """
+    variant: str
+    dropout_rate: float
+    deterministic: bool
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.variant == "torchvision":
+            x = layers.adaptive_avg_pool(x, 7)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(4096, dtype=self.dtype, param_dtype=self.param_dtype, name="fc6")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(x)
+        return nn.relu(nn.Dense(4096, dtype=self.dtype, param_dtype=self.param_dtype, name="fc7")(x))
+
+
+class VGG(nn.Module):
+    """VGG on NHWC preprocessed input.
+
+    Attributes:
+      block_convs: convolutions in each of the five blocks.
+      batch_norm: BatchNorm after every conv (torchvision ``vgg*_bn``).
+      variant: ``"torchvision"`` (adaptive 7x7 pool before fc6) or ``"keras"``.
+      dropout_rate: dropout after fc6 and fc7 in training while ``classifier``
+        is not frozen; ``None`` takes the source's own (torchvision 0.5, Keras 0).
+      num_classes: logits of the head; ``None`` builds no head (features only).
+      frozen_depth: the first ``frozen_depth`` stages run BatchNorm on running
+        averages, apply no dropout, and the gradient stops at their output.
+      bn_axis_name: mesh axis over which trainable BatchNorm averages batch statistics.
+    """
+    block_convs: Sequence[int]
+    batch_norm: bool = False
+    variant: str = "torchvision"
+    dropout_rate: float | None = None
+    num_classes: int | None = 1000
+    frozen_depth: int = 0
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    stage_names = STAGE_NAMES
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> jax.Array:
+        if self.variant not in DEFAULT_DROPOUT:
+            raise ValueError(f"unknown VGG variant {self.variant!r}; choose one of {tuple(DEFAULT_DROPOUT)}")
+        x = x.astype(self.dtype)
+        for i, (n, feat) in enumerate(zip(self.block_convs, BLOCK_FEATURES)):
+            _, use_ra = layers.stage_flags(i, self.frozen_depth, train)
+            x = _Block(n, feat, self.batch_norm, use_running_average=use_ra, bn_axis_name=self.bn_axis_name,
+                       dtype=self.dtype, param_dtype=self.param_dtype, name=f"block{i + 1}")(x)
+            x = layers.freeze_boundary(x, i, self.frozen_depth)
+        frozen, _ = layers.stage_flags(5, self.frozen_depth, train)
+        rate = DEFAULT_DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
+        deterministic = frozen or not train
+        x = _Classifier(self.variant, rate, deterministic, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="classifier")(x)
+        x = layers.freeze_boundary(x, 5, self.frozen_depth)
+        features = x.astype(jnp.float32)
+        if return_features or self.num_classes is None:
+            return features
+        features = nn.Dropout(rate, deterministic=deterministic)(features)
+        return layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+
+
+def vgg(depth: int, batch_norm: bool = False, variant: str = "torchvision", **kwargs: Any) -> VGG:
+    if depth not in BLOCK_CONVS:
+        raise ValueError(f"no VGG of depth {depth}; choose one of {sorted(BLOCK_CONVS)}")
+    return VGG(block_convs=BLOCK_CONVS[depth], batch_norm=batch_norm, variant=variant, **kwargs)

@@ -1,0 +1,82 @@
+"""VGG name maps: torchvision ``features.{idx}`` / ``classifier.{0,3,6}``, Keras ``block{b}_conv{i}``.
+
+torchvision numbers ``features`` by position in one ``nn.Sequential`` (conv, [bn,]
+relu per conv, one max-pool per block), so the index of a conv depends on the
+depth and on BatchNorm: the table is generated from the model's block layout.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from tl_jax.models.vgg import BLOCK_CONVS
+from tl_jax.weights.convert import conv_oihw_to_hwio as conv, copy, linear_to_dense as linear
+
+TORCHVISION_HEAD = "classifier.6.bias"
+KERAS_HEAD = "head/bias"
+
+_BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
+       ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
+
+
+def features_layout(depth: int, batch_norm: bool) -> list[tuple[int, int, int, bool]]:
+    """``(index, block, conv, is_bn)`` of every weighted module of ``vgg{depth}[_bn].features``.
+
+    Blocks and convs are numbered from 1, as in our module names (``block2/conv1``).
+    """
+    out, idx = [], 0
+    for block, n in enumerate(BLOCK_CONVS[depth], start=1):
+        for i in range(1, n + 1):
+            out.append((idx, block, i, False))
+            if batch_norm:
+                out.append((idx + 1, block, i, True))
+            idx += 3 if batch_norm else 2   # conv, [bn,] relu
+        idx += 1                            # max-pool
+    return out
+
+
+def fc6_chw_to_hwc(a: np.ndarray, channels: int = 512, size: int = 7) -> np.ndarray:
+    """torch fc6 ``(out, C*H*W)`` -> Flax ``(H*W*C, out)``: torch flattens NCHW, we flatten NHWC."""
+    out = a.shape[0]
+    return a.reshape(out, channels, size, size).transpose(2, 3, 1, 0).reshape(size * size * channels, out)
+
+
+def torchvision_rules(info):
+    kw = dict(info.kwargs)
+    rules = []
+    for idx, block, i, is_bn in features_layout(kw["depth"], kw["batch_norm"]):
+        if is_bn:
+            rules += [(rf"features\.{idx}\.{t}", f"{col}/block{block}/bn{i}/{leaf}", copy) for t, col, leaf in _BN]
+        else:
+            rules += [(rf"features\.{idx}\.weight", f"params/block{block}/conv{i}/kernel", conv),
+                      (rf"features\.{idx}\.bias", f"params/block{block}/conv{i}/bias", copy)]
+    return rules + [
+        (r"features\.\d+\.num_batches_tracked", "", None),
+        (r"classifier\.0\.weight", "params/classifier/fc6/kernel", fc6_chw_to_hwc),
+        (r"classifier\.0\.bias", "params/classifier/fc6/bias", copy),
+        (r"classifier\.3\.weight", "params/classifier/fc7/kernel", linear),
+        (r"classifier\.3\.bias", "params/classifier/fc7/bias", copy),
+        (r"classifier\.6\.weight", "params/head/kernel", linear),
+        (r"classifier\.6\.bias", "params/head/bias", copy),
+    ]
+
+
+_KERAS_LAYER = {"fc1": "classifier/fc6", "fc2": "classifier/fc7", "predictions": "head"}
+_KERAS_CONV = re.compile(r"block(\d)_conv(\d)")
+
+
+def keras_canonical_names(weights):
+    """``block2_conv1/kernel`` -> ``block2/conv1/kernel``; ``fc1``/``fc2``/``predictions`` -> fc6/fc7/head."""
+    out = {}
+    for name, a in weights.items():
+        layer, role = name.rsplit("/", 1)
+        m = _KERAS_CONV.fullmatch(layer)
+        layer = f"block{m[1]}/conv{m[2]}" if m else _KERAS_LAYER.get(layer, layer)
+        out[f"{layer}/{role}"] = a
+    return out
+
+
+def keras_rules(info):
+    # Keras kernels are already HWIO / (in, out) and fc1 already flattens NHWC.
+    return [(r"(.*)/kernel", r"params/\1/kernel", copy), (r"(.*)/bias", r"params/\1/bias", copy)]
