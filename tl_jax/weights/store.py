@@ -40,12 +40,24 @@ def _version() -> str:
 
 
 def imagenet_class_names() -> list[str] | None:
-    """The 1000 ImageNet class names in label order, from torchvision when it is installed."""
-    try:
-        from torchvision.models._meta import _IMAGENET_CATEGORIES
-    except ImportError:
+    """The 1000 ImageNet class names in label order, from torchvision when it is installed.
+
+    Reads torchvision's data file without importing torchvision: that import pulls in
+    triton, which crashes a process that has already loaded TensorFlow, and costs ~2 s.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return list(_IMAGENET_CATEGORIES)
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "_meta.py"
+    if not path.is_file():
+        return None
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_IMAGENET_CATEGORIES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
