@@ -63,7 +63,7 @@ def convert_keras(arch: str, source: str | os.PathLike, model: Any = None) -> di
     weights = fam.keras_canonical_names(read_h5_weights(source))
     if model is None:
         head = weights.get(fam.KERAS_HEAD)
-        model = info.build(num_classes=int(head.shape[0]) if head is not None else 1000)
+        model = info.build(num_classes=int(head.shape[0]) if head is not None else None)  # a _notop file
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
     return convert.assemble(convert.variables_template(model, info.input_size), entries, unmatched,
                             what=f"Keras weights for {arch}")

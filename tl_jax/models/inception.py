@@ -1,0 +1,251 @@
+"""Inception-V3 ports: torchvision ``inception_v3`` and Keras ``InceptionV3``, one module.
+
+The two networks have the same layers, kernel sizes and concat orders (Keras'
+stride-1 ``'same'`` convolutions all have odd kernels, so they pad symmetrically
+like torchvision's explicit padding). They differ in three places:
+
+* Keras BatchNorm has no scale (``scale=False``): its weight files hold no gamma.
+* The 3x3 average-pool branches: torchvision's ``avg_pool2d(3, 1, padding=1)``
+  counts the zero padding in the mean, Keras' ``'same'`` pooling does not.
+* torchvision's published weights expect ``transform_input=True``: the model
+  re-normalises an ImageNet-normalised input to the [-1, 1] convention first.
+  Keras expects [-1, 1] input directly ("tf" preprocessing).
+
+Module names follow torchvision (``Mixed_5b.branch5x5_1`` -> ``mixed5b/branch5x5_1``)
+so the weight maps stay declarative. torchvision's train-time auxiliary classifier
+(``AuxLogits``) is not ported: the weight map drops it explicitly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tl_jax.models import layers
+
+STAGE_NAMES = ("stem", "mixed5b", "mixed5c", "mixed5d", "mixed6a", "mixed6b", "mixed6c", "mixed6d",
+               "mixed6e", "mixed7a", "mixed7b", "mixed7c", "head")
+VARIANTS = ("torchvision", "keras")
+_EPS = 1e-3  # both sources
+_DROPOUT = {"torchvision": 0.5, "keras": 0.0}
+# torchvision ``Inception3._transform_input``: x_imagenet * std / 0.5 + (mean - 0.5) / 0.5.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Block(nn.Module):
+    """Common fields of every block, and the conv + BN + ReLU unit (torchvision ``BasicConv2d``)."""
+    variant: str
+    use_running_average: bool
+    bn_axis_name: str | None
+    dtype: Any
+    param_dtype: Any
+
+    def basic(self, name: str, x: jax.Array, features: int, kernel: int | tuple[int, int],
+              stride: int = 1, padding: int | tuple[int, int] = 0) -> jax.Array:
+        return _BasicConv(features, kernel, stride, padding, variant=self.variant,
+                          use_running_average=self.use_running_average, bn_axis_name=self.bn_axis_name,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+
+    def pool_branch(self, x: jax.Array) -> jax.Array:
+        """3x3 stride-1 average pool: torch counts the padding, Keras 'same' does not."""
+        return layers.avg_pool(x, 3, 1, 1, count_include_pad=self.variant == "torchvision")
+
+
+class _BasicConv(nn.Module):
+    features: int
+    kernel: int | tuple[int, int]
+    stride: int
+    padding: int | tuple[int, int]
+    variant: str
+    use_running_average: bool
+    bn_axis_name: str | None
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = layers.conv(self.features, self.kernel, self.stride, self.padding, name="conv",
+                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = layers.batch_norm(use_running_average=self.use_running_average, epsilon=_EPS,
+                              use_scale=self.variant == "torchvision", axis_name=self.bn_axis_name,
+                              name="bn", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return nn.relu(x)
+
+
+class _Stem(_Block):
+    """Conv2d_1a..Conv2d_4a with both max-pools: 299 -> 35x35x192."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.basic("Conv2d_1a_3x3", x, 32, 3, stride=2)
+        x = self.basic("Conv2d_2a_3x3", x, 32, 3)
+        x = self.basic("Conv2d_2b_3x3", x, 64, 3, padding=1)
+        x = layers.max_pool(x, 3, 2)
+        x = self.basic("Conv2d_3b_1x1", x, 80, 1)
+        x = self.basic("Conv2d_4a_3x3", x, 192, 3)
+        return layers.max_pool(x, 3, 2)
+
+
+class _InceptionA(_Block):
+    """35x35 block (Mixed_5b..5d, Keras mixed0..2)."""
+    pool_features: int = 32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b1 = self.basic("branch1x1", x, 64, 1)
+        b5 = self.basic("branch5x5_1", x, 48, 1)
+        b5 = self.basic("branch5x5_2", b5, 64, 5, padding=2)
+        b3 = self.basic("branch3x3dbl_1", x, 64, 1)
+        b3 = self.basic("branch3x3dbl_2", b3, 96, 3, padding=1)
+        b3 = self.basic("branch3x3dbl_3", b3, 96, 3, padding=1)
+        bp = self.basic("branch_pool", self.pool_branch(x), self.pool_features, 1)
+        return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class _InceptionB(_Block):
+    """Grid reduction 35 -> 17 (Mixed_6a, Keras mixed3)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b3 = self.basic("branch3x3", x, 384, 3, stride=2)
+        bd = self.basic("branch3x3dbl_1", x, 64, 1)
+        bd = self.basic("branch3x3dbl_2", bd, 96, 3, padding=1)
+        bd = self.basic("branch3x3dbl_3", bd, 96, 3, stride=2)
+        return jnp.concatenate([b3, bd, layers.max_pool(x, 3, 2)], axis=-1)
+
+
+class _InceptionC(_Block):
+    """17x17 block with factorised 7x7 convs (Mixed_6b..6e, Keras mixed4..7)."""
+    channels_7x7: int = 128
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c7 = self.channels_7x7
+        b1 = self.basic("branch1x1", x, 192, 1)
+        b7 = self.basic("branch7x7_1", x, c7, 1)
+        b7 = self.basic("branch7x7_2", b7, c7, (1, 7), padding=(0, 3))
+        b7 = self.basic("branch7x7_3", b7, 192, (7, 1), padding=(3, 0))
+        bd = self.basic("branch7x7dbl_1", x, c7, 1)
+        bd = self.basic("branch7x7dbl_2", bd, c7, (7, 1), padding=(3, 0))
+        bd = self.basic("branch7x7dbl_3", bd, c7, (1, 7), padding=(0, 3))
+        bd = self.basic("branch7x7dbl_4", bd, c7, (7, 1), padding=(3, 0))
+        bd = self.basic("branch7x7dbl_5", bd, 192, (1, 7), padding=(0, 3))
+        bp = self.basic("branch_pool", self.pool_branch(x), 192, 1)
+        return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class _InceptionD(_Block):
+    """Grid reduction 17 -> 8 (Mixed_7a, Keras mixed8)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b3 = self.basic("branch3x3_1", x, 192, 1)
+        b3 = self.basic("branch3x3_2", b3, 320, 3, stride=2)
+        b7 = self.basic("branch7x7x3_1", x, 192, 1)
+        b7 = self.basic("branch7x7x3_2", b7, 192, (1, 7), padding=(0, 3))
+        b7 = self.basic("branch7x7x3_3", b7, 192, (7, 1), padding=(3, 0))
+        b7 = self.basic("branch7x7x3_4", b7, 192, 3, stride=2)
+        return jnp.concatenate([b3, b7, layers.max_pool(x, 3, 2)], axis=-1)
+
+
+class _InceptionE(_Block):
+    """8x8 block with split 1x3 / 3x1 branches (Mixed_7b, 7c, Keras mixed9, 10)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b1 = self.basic("branch1x1", x, 320, 1)
+        b3 = self.basic("branch3x3_1", x, 384, 1)
+        b3 = jnp.concatenate([self.basic("branch3x3_2a", b3, 384, (1, 3), padding=(0, 1)),
+                              self.basic("branch3x3_2b", b3, 384, (3, 1), padding=(1, 0))], axis=-1)
+        bd = self.basic("branch3x3dbl_1", x, 448, 1)
+        bd = self.basic("branch3x3dbl_2", bd, 384, 3, padding=1)
+        bd = jnp.concatenate([self.basic("branch3x3dbl_3a", bd, 384, (1, 3), padding=(0, 1)),
+                              self.basic("branch3x3dbl_3b", bd, 384, (3, 1), padding=(1, 0))], axis=-1)
+        bp = self.basic("branch_pool", self.pool_branch(x), 192, 1)
+        return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+# (stage, block class, block arguments), in forward order after the stem.
+_MIXED = (
+    ("mixed5b", _InceptionA, {"pool_features": 32}),
+    ("mixed5c", _InceptionA, {"pool_features": 64}),
+    ("mixed5d", _InceptionA, {"pool_features": 64}),
+    ("mixed6a", _InceptionB, {}),
+    ("mixed6b", _InceptionC, {"channels_7x7": 128}),
+    ("mixed6c", _InceptionC, {"channels_7x7": 160}),
+    ("mixed6d", _InceptionC, {"channels_7x7": 160}),
+    ("mixed6e", _InceptionC, {"channels_7x7": 192}),
+    ("mixed7a", _InceptionD, {}),
+    ("mixed7b", _InceptionE, {}),
+    ("mixed7c", _InceptionE, {}),
+)
+
+
+class InceptionV3(nn.Module):
+    """Inception-V3 on NHWC preprocessed input (299x299; at least 75x75).
+
+    Attributes:
+      variant: ``"torchvision"`` or ``"keras"``.
+      num_classes: logits of the head; ``None`` builds no head (features only).
+      frozen_depth: the first ``frozen_depth`` stages run BatchNorm on running
+        averages and the gradient stops at their output.
+      bn_axis_name: mesh axis over which trainable BatchNorm averages batch statistics.
+      dropout_rate: dropout before the head in training; ``None`` = the source's
+        (torchvision 0.5, Keras 0.0: Keras InceptionV3 has no dropout).
+      transform_input: torchvision only: re-normalise an ImageNet-normalised input
+        to [-1, 1] inside the model, as the published torchvision weights expect.
+        Ignored by the Keras variant (use :func:`inception_v3`, which refuses it).
+    """
+    variant: str = "torchvision"
+    num_classes: int | None = 1000
+    frozen_depth: int = 0
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    dropout_rate: float | None = None
+    transform_input: bool = True
+
+    stage_names = STAGE_NAMES
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> jax.Array:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown Inception-V3 variant {self.variant!r}; choose one of {VARIANTS}")
+        if self.variant == "torchvision" and self.transform_input:
+            scale = jnp.asarray([s / 0.5 for s in _IMAGENET_STD], x.dtype)
+            shift = jnp.asarray([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], x.dtype)
+            x = x * scale + shift
+        x = x.astype(self.dtype)
+        common = dict(variant=self.variant, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                      param_dtype=self.param_dtype)
+        _, use_ra = layers.stage_flags(0, self.frozen_depth, train)
+        x = _Stem(use_running_average=use_ra, name="stem", **common)(x)
+        x = layers.freeze_boundary(x, 0, self.frozen_depth)
+        for i, (stage, block, kwargs) in enumerate(_MIXED, start=1):
+            _, use_ra = layers.stage_flags(i, self.frozen_depth, train)
+            x = block(use_running_average=use_ra, name=stage, **common, **kwargs)(x)
+            x = layers.freeze_boundary(x, i, self.frozen_depth)
+        features = layers.global_avg_pool(x).astype(jnp.float32)
+        if return_features or self.num_classes is None:
+            return features
+        head_frozen, _ = layers.stage_flags(len(STAGE_NAMES) - 1, self.frozen_depth, train)
+        rate = _DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
+        if rate > 0:
+            features = nn.Dropout(rate, deterministic=head_frozen or not train, name="dropout")(features)
+        return layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+
+
+def inception_v3(variant: str = "torchvision", **kwargs: Any) -> InceptionV3:
+    """The registry's constructor. The Keras variant has no ``transform_input`` step."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Inception-V3 variant {variant!r}; choose one of {VARIANTS}")
+    if variant == "keras":
+        if kwargs.get("transform_input"):
+            raise ValueError("transform_input is a torchvision Inception-V3 step; Keras InceptionV3 "
+                             "expects [-1, 1] input ('tf' preprocessing)")
+        kwargs["transform_input"] = False
+    kwargs.setdefault("dropout_rate", _DROPOUT[variant])
+    return InceptionV3(variant=variant, **kwargs)
