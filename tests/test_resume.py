@@ -1,0 +1,137 @@
+"""Checkpoints: resume after SIGKILL is exact; keep-last-N plus best; damaged steps skipped; NaN guard."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tl_jax.checkpoint import Checkpointer
+
+WORKER = os.path.join(os.path.dirname(__file__), "engine_worker.py")
+# Gradual unfreezing (layer4 joins at step 5) so the resume crosses a change of optimizer partition.
+ARGS = ["fit", "--steps", "10", "--frozen-depth", "5", "--unfreeze-every", "5", "--unfreeze-until", "4",
+        "--checkpoint-every", "2", "--eval-every", "4"]
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    ref = subprocess.Popen([sys.executable, WORKER, *ARGS, "--out", str(tmp_path / "ref.npz"),
+                            "--workdir", str(tmp_path / "ref")], env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    killed_dir = tmp_path / "killed" / "checkpoints"
+    victim = subprocess.Popen([sys.executable, WORKER, *ARGS, "--out", str(tmp_path / "unused.npz"), "--sleep", "0.4",
+                               "--workdir", str(tmp_path / "killed")], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (killed_dir / "6").exists():      # a committed step after the unfreezing
+            assert victim.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=60) == -signal.SIGKILL
+        assert not (tmp_path / "unused.npz").exists()
+        out, _ = ref.communicate(timeout=400)
+        assert ref.returncode == 0, out[-3000:]
+        assert '"event": "unfreeze"' in out
+    finally:
+        for p in (ref, victim):
+            if p.poll() is None:
+                p.kill()
+    resumed = subprocess.run([sys.executable, WORKER, *ARGS, "--out", str(tmp_path / "resumed.npz"),
+                              "--workdir", str(tmp_path / "killed")], env=_env(), capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"event": "resumed"' in resumed.stdout
+    a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "resumed.npz")
+    assert int(a["start_step"]) == 0 and int(b["start_step"]) >= 6
+    # frozen_depth 5 -> 4 at step 5: layer4 trained after the change, layer3 never.
+    assert a["moved:head"] and a["moved:layer4"] and not a["moved:layer3"] and not a["moved:stem"]
+    err = max(float(np.abs(a[k] - b[k]).max()) for k in a.files if k.startswith(("params:", "batch_stats:")))
+    print(f"\nresumed from step {int(b['start_step'])}: max |difference| to the uninterrupted run = {err:.2e}")
+    assert err <= 1e-6
+
+
+def _tree(v: float):
+    return {"step": jnp.asarray(0), "params": {"w": jnp.full((3,), float(v), jnp.float32)}, "batch_stats": {},
+            "opt_state": {}, "rng": jax.random.PRNGKey(0)}
+
+
+def test_keeps_last_n_plus_best(tmp_path):
+    top1 = {1: 0.1, 2: 0.9, 3: 0.2, 4: 0.3, 5: 0.4, 6: 0.5}
+    with Checkpointer(tmp_path, keep=2, best_metric="top1") as ckpt:
+        for step, acc in top1.items():
+            ckpt.save(step, _tree(step), {"data_position": step}, metrics={"top1": acc})
+        ckpt.save(7, _tree(7), {"data_position": 7})     # no eval at this step
+    with Checkpointer(tmp_path, keep=2, best_metric="top1") as ckpt:
+        assert ckpt.all_steps() == [2, 6, 7]
+        assert ckpt.best_step() == 2
+        step, items, meta = ckpt.restore(_tree(0))
+        assert step == 7 and meta == {"data_position": 7}
+        np.testing.assert_array_equal(items["params"]["w"], 7.0)
+
+
+def test_incomplete_and_unreadable_checkpoints_are_skipped(tmp_path):
+    with Checkpointer(tmp_path, keep=5, best_metric=None) as ckpt:
+        for step in (2, 4, 6):
+            ckpt.save(step, _tree(step), {"data_position": step})
+    # A save killed midway leaves only orbax's temporary folder: not a step.
+    (tmp_path / "8.orbax-checkpoint-tmp-1234567").mkdir()
+    # A listed step whose array data is gone.
+    for root, _, files in os.walk(tmp_path / "6" / "state"):
+        for f in files:
+            os.remove(os.path.join(root, f))
+    with Checkpointer(tmp_path, keep=5, best_metric=None) as ckpt:
+        with pytest.warns(UserWarning, match="step 6 .* unreadable"):
+            step, items, meta = ckpt.restore(_tree(0))
+        assert step == 4 and meta["data_position"] == 4
+        np.testing.assert_array_equal(items["params"]["w"], 4.0)
+        ckpt.save(6, _tree(6.5), {"data_position": 6})  # the damaged step 6 is set aside first
+    assert (tmp_path / "6.unreadable").exists()
+    with Checkpointer(tmp_path, keep=5, best_metric=None) as ckpt:
+        step, items, _ = ckpt.restore(_tree(0))
+        assert step == 6 and float(items["params"]["w"][0]) == 6.5
+        # Nothing readable (here: an incompatible target) is an error, not a silent fresh start.
+        with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="could be restored"):
+            ckpt.restore({**_tree(0), "params": {"w": jnp.zeros((3,)), "extra": jnp.zeros(())}})
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from engine_worker import random_variables
+    from tl_jax import models
+    from tl_jax.freeze import FreezeSpec
+    from tl_jax.loop import fit
+
+    model = models.create("resnet18", "torchvision", num_classes=10)
+    variables = random_variables(model, 32)
+    r = np.random.RandomState(0)
+
+    def data(start):
+        for i in range(start, 100):
+            image = r.randn(4, 32, 32, 3).astype(np.float32)
+            if i == 4:
+                image[0, 0, 0, 0] = np.nan                  # the 5th batch poisons the 5th step
+            yield {"image": image, "label": np.arange(4, dtype=np.int32)}
+
+    records = []
+    with pytest.raises(FloatingPointError, match="at step 5"):
+        fit(model, variables, freeze=FreezeSpec(model.stage_names, -1), optim={"learning_rate": 0.01},
+            train_data=data, num_steps=20, checkpoint_every=2, log_every=10, workdir=str(tmp_path),
+            log_fn=records.append)
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [2, 4]
+        step, items, _ = ckpt.restore(None)            # as saved, no target needed
+    assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(items["params"]))
+    assert records[0]["event"] == "start"

@@ -1,0 +1,136 @@
+"""The optax transformation for a ``FreezeSpec``: frozen leaves get ``set_to_zero`` and no state.
+
+Layout (GUIDE section 3 lists the traps this avoids)::
+
+    partition({"trainable": chain(clip, [decay,] scale_by_{sgd,adam}, [decay,] lr_mults, -lr schedule),
+               "frozen":    set_to_zero()},
+              labels)
+
+Everything that reads gradients (global-norm clipping, weight decay, the moments)
+lives inside the trainable branch, so it sees only trainable leaves: frozen leaves
+hold no optimizer state and their gradients are dead code that XLA removes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tl_jax.freeze import FROZEN, TRAINABLE, FreezeSpec, path_str
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer hyper-parameters (``config.optim``). ``learning_rate`` is the peak, for the global batch.
+
+    ``weight_decay`` is decoupled for adamw and L2-on-the-gradient (torch style) for sgd;
+    it applies to trainable kernels only (leaves with ndim > 1) unless ``decay_all``.
+    ``grad_clip_norm`` 0 disables clipping; it clips the trainable gradients only.
+    """
+    name: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decay_all: bool = False
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; choose one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | Any, **overrides: Any) -> "OptimConfig":
+        """From a dict/ConfigDict, ignoring keys this class does not know (e.g. warmup_epochs)."""
+        items = dict(cfg.items() if hasattr(cfg, "items") else vars(cfg))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in {**items, **overrides}.items() if k in known})
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak, then constant or cosine decay to 0 at ``total_steps``."""
+    lr, warm = cfg.learning_rate, int(cfg.warmup_steps)
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    else:
+        main = optax.cosine_decay_schedule(lr, max(1, total_steps - warm))
+    if not warm:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), main], [warm])
+
+
+def scale_by_lr_mults(spec: FreezeSpec) -> optax.GradientTransformation:
+    """Stateless per-leaf multiplier from ``spec.lr_mults`` (decided at trace time from the path)."""
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda p, u: u if spec.lr_mult(path_str(p)) == 1.0 else u * spec.lr_mult(path_str(p)), updates)
+        return scaled, state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _decay_mask(cfg: OptimConfig):
+    return None if cfg.decay_all else (lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
+
+
+def trainable_transform(cfg: OptimConfig, spec: FreezeSpec, total_steps: int) -> optax.GradientTransformation:
+    """The chain applied to trainable leaves only."""
+    parts = []
+    if cfg.grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    decay = optax.add_decayed_weights(cfg.weight_decay, _decay_mask(cfg)) if cfg.weight_decay else None
+    if cfg.name == "sgd":
+        parts += [decay] if decay else []
+        if cfg.momentum:
+            parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
+    else:
+        parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+        parts += [decay] if decay else []
+    if spec.lr_mults:
+        parts.append(scale_by_lr_mults(spec))
+    parts.append(optax.scale_by_learning_rate(make_schedule(cfg, total_steps)))
+    return optax.chain(*parts)
+
+
+def make_optimizer(cfg: OptimConfig | Mapping[str, Any], spec: FreezeSpec, params: Any,
+                   total_steps: int) -> optax.GradientTransformation:
+    """``optax.partition`` of the trainable chain and ``set_to_zero`` over ``spec.labels(params)``."""
+    if not isinstance(cfg, OptimConfig):
+        cfg = OptimConfig.from_config(cfg)
+    labels = spec.labels(params)
+    return optax.partition({TRAINABLE: trainable_transform(cfg, spec, total_steps),
+                            FROZEN: optax.set_to_zero()}, labels)
+
+
+def tree_bytes(tree: Any) -> int:
+    """Total bytes of the array leaves of a pytree (e.g. the optimizer state)."""
+    return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
+
+
+def transfer_opt_state(old: Any, new: Any) -> Any:
+    """Carry optimizer state across a change of the frozen set (gradual unfreezing).
+
+    Leaves of ``new`` whose key path and shape also exist in ``old`` take the old value
+    (moments of leaves that stay trainable, step counts); newly trainable leaves keep
+    their fresh initial state. ``optax.partition`` masks frozen leaves out of the
+    trainable state, so a leaf's path is the same in both states.
+    """
+    old_leaves = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(old)[0]}
+
+    def pick(p, x):
+        o = old_leaves.get(path_str(p))
+        return o if o is not None and getattr(o, "shape", None) == getattr(x, "shape", None) else x
+    return jax.tree_util.tree_map_with_path(pick, new)
