@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.arch = "resnet50"          # used only when weights == ""
     c.model.source = "torchvision"     # torchvision | keras; used only when weights == ""
     c.model.dtype = "bfloat16"         # compute dtype; params, BatchNorm statistics and loss stay float32
+    # The new head: "lecun" (Flax's Dense init, what load_pretrained gives for a new class count) or
+    # "zeros" (every class starts equally likely whatever the scale of the pretrained features).
+    c.model.head_init = "lecun"
 
     c.data = ml_collections.ConfigDict()
     # "tfds:<name>", "folder:<path>" (one subfolder per class), "synthetic" or "digits".
@@ -26,15 +29,23 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "train[90%:]"
     c.data.data_dir = ""               # TFDS data_dir; empty: the TFDS default
     c.data.image_size = 0              # 0: the weights' input size (224, Inception 299)
+    c.data.resize_size = 0             # eval: shorter side before the center crop; 0: the weights' ratio (256/224)
     c.data.num_classes = 0             # 0: read from the dataset
     c.data.min_crop_area = 0.08        # random-resized-crop scale lower bound
     c.data.skip_corrupt = False        # skip unreadable images with a warning instead of failing
+    c.data.classes = ()                # digits: the digits to keep, relabelled 0..k-1 in this order (empty: all)
+    c.data.labels_per_class = 0        # digits: keep this many labelled examples per class (0: all)
+    c.data.num_examples = 0            # synthetic: examples per split (0: 256); its classes: num_classes or 10
 
     c.freeze = ml_collections.ConfigDict()
-    c.freeze.frozen_depth = 0          # freeze the first k stages (0: full fine-tune; -1: every backbone stage)
+    # Freeze the first k stages of the model's stage_names (ResNet: stem, layer1..layer4, head;
+    # VGG: block1..block5, classifier, head; Inception-V3: stem, mixed5b..mixed7c, head).
+    # 0: full fine-tune; -1: every backbone stage, only the head trains (5 for ResNet, 6 VGG, 12 Inception).
+    c.freeze.frozen_depth = 0
     c.freeze.patterns = ()             # alternatively: regexes over '/'-joined parameter paths to freeze
     c.freeze.lr_mults = ()             # (regex, multiplier) pairs: discriminative learning rates
     c.freeze.unfreeze_every_steps = 0  # gradual unfreezing: one more stage from the top every N steps
+    c.freeze.unfreeze_until = 0        # ... until this many stages stay frozen
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"               # sgd (momentum, nesterov) | adamw
@@ -47,16 +58,18 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.batch_size = 64                  # global batch, split over all devices and hosts
     c.num_epochs = 10
+    c.num_steps = 0                    # > 0: this many optimizer steps instead of num_epochs
     c.label_smoothing = 0.0
-    c.parallel = "shard_map"           # shard_map | pmap
+    c.parallel = "shard_map"           # shard_map | pmap | none (plain jit, one device)
     c.sync_bn = True                   # trainable BatchNorm averages batch statistics across devices
     c.seed = 0
     # Linear probe fast path (frozen_depth == every backbone stage): features computed once, cached on disk.
     c.feature_cache = False
-    c.feature_cache_views = 1          # augmented views per training image (1: the eval transform only)
+    c.feature_cache_views = 1          # 1: the eval transform of each training image; V > 1: V augmented epochs
 
     c.log_every_steps = 20
     c.eval_every_epochs = 1
-    c.checkpoint_every_steps = 200
+    c.checkpoint_every_steps = 200     # and at the end; 0: no checkpoints (no resume, no evaluate.py)
     c.keep_checkpoints = 2             # plus the best by eval top-1
+    c.tensorboard = True               # also write the logged scalars to workdir/tensorboard
     return c

@@ -1,0 +1,72 @@
+"""Frozen-depth ablation: outputs, resumability (finished runs are skipped), variant planning."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from tl_jax import ablation, experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(ROOT, "configs", "default.py")
+TINY = {"data.source": "synthetic", "data.train_split": "train", "data.eval_split": "test",
+        "data.num_examples": 16, "data.image_size": 32, "model.arch": "resnet18", "model.dtype": "float32",
+        "batch_size": 8, "num_steps": 2, "log_every_steps": 1, "checkpoint_every_steps": 2,
+        "eval_every_epochs": 1, "parallel": "none", "tensorboard": False}
+
+
+def test_variants_cover_the_requested_depths_scratch_and_probe():
+    config = experiment.load_config(DEFAULT, TINY)
+    runs = ablation.variants(config, "all", scratch=True, probe_cache=True)
+    assert [v.name for v in runs] == [f"depth{d}" for d in range(6)] + ["probe_cache", "scratch"]
+    assert runs[3].note == "stem+layer1+layer2"
+    assert dict(runs[-1].overrides)["weights"] == "" and dict(runs[-2].overrides)["feature_cache"] is True
+    assert [v.depth for v in ablation.variants(config, "0,-1")] == [0, 5]
+    with pytest.raises(ValueError, match="out of range"):
+        ablation.variants(config, "0,6")
+
+
+def test_a_second_invocation_skips_finished_runs_and_finishes_the_rest(tmp_path, monkeypatch):
+    config = experiment.load_config(DEFAULT, TINY)
+    work = str(tmp_path / "abl")
+    rows, paths = ablation.ablate(config, work, depths="4,5", seeds=(0, 1), progress=False, log=lambda m: None)
+    assert [r["variant"] for r in rows] == ["depth4", "depth5"] and all(r["seeds"] == [0, 1] for r in rows)
+    assert rows[0]["trainable_params"] > rows[1]["trainable_params"] == 512 * 10 + 10
+    for r in rows:
+        assert 0 <= r["best_top1_min"] <= r["best_top1_mean"] <= r["best_top1_max"] <= 1
+        assert r["wall_s"] > 0 and r["images_per_s"] > 0
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert [t["variant"] for t in table] == ["depth4", "depth5"]
+    assert os.path.getsize(paths["png"]) > 0 and open(paths["png"], "rb").read(4) == b"\x89PNG"
+    first = json.load(open(paths["json"]))
+
+    calls = []
+    real_train = experiment.train
+
+    def counting_train(cfg, workdir, **kw):
+        calls.append(os.path.basename(workdir))
+        return real_train(cfg, workdir, **kw)
+    monkeypatch.setattr(experiment, "train", counting_train)
+
+    again, _ = ablation.ablate(config, work, depths="4,5", seeds=(0, 1), progress=False, log=lambda m: None)
+    assert calls == [] and again == rows and json.load(open(paths["json"])) == first
+
+    # An unfinished run (no result.json) is the only one trained again, from its last checkpoint;
+    # a new seed is added without touching the rest.
+    os.remove(os.path.join(ablation.run_dir(work, ablation.variants(config, "5")[0], 1), experiment.RESULT))
+    rows3, _ = ablation.ablate(config, work, depths="5", seeds=(1, 2), progress=False, log=lambda m: None)
+    assert calls == ["depth5_seed1", "depth5_seed2"]
+    resumed = experiment.read_result(ablation.run_dir(work, ablation.variants(config, "5")[0], 1))
+    assert resumed["resumed_from"] == 2
+    assert rows3[0]["seeds"] == [1, 2]
+
+
+def test_format_table_lists_every_variant():
+    rows = [{"variant": "depth0", "note": "full fine-tune", "trainable_params": 1234, "best_top1_mean": 0.5,
+             "best_top1_std": 0.1, "final_top1_mean": 0.4, "final_top1_std": 0.0, "images_per_s": None,
+             "wall_s": 3.0}]
+    text = ablation.format_table(rows)
+    assert "| depth0 | full fine-tune | 1,234 | 50.0 ± 10.0 | 40.0 | n/a | 3.0 |" in text

@@ -1,0 +1,80 @@
+"""Configs: every recipe loads and validates, overrides apply, and a misspelt field fails with a hint."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tl_jax import experiment
+from tl_jax.models import registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(ROOT, "configs", "default.py")
+RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("__init__.py"))
+# The weights each recipe expects (their directories are made by scripts/convert_weights.py, not here):
+# enough to check the recipe's frozen depth against the real stage names.
+WEIGHTS_ARCH = {"weights/resnet50_tv": ("resnet50", "torchvision"), "weights/vgg16_keras": ("vgg16", "keras"),
+                "weights/inception_v3_keras": ("inception_v3", "keras")}
+
+
+def _flat_keys(config) -> set[str]:
+    return set(experiment._flatten(experiment.config_to_dict(config)))
+
+
+def _arch(config) -> tuple[str, str]:
+    if not config.weights:
+        return config.model.arch, config.model.source
+    assert config.weights in WEIGHTS_ARCH, f"add {config.weights!r} to WEIGHTS_ARCH in this test"
+    return WEIGHTS_ARCH[config.weights]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
+def test_every_recipe_loads_validates_and_only_sets_default_fields(path):
+    base = _flat_keys(experiment.load_config(DEFAULT))
+    variants = [path + ":pretrain", path] if path.endswith("quickstart.py") else [path]
+    for variant in variants:
+        config = experiment.load_config(variant)
+        assert config.is_locked
+        assert _flat_keys(config) == base, f"{variant} adds or drops fields; put new fields in default.py"
+        stages = registry.info(*_arch(config)).stage_names
+        experiment.validate(config, stages)
+        spec = experiment.freeze_spec(config, stages)
+        assert 0 <= spec.frozen_depth < len(stages)
+
+
+def test_overrides_apply_and_keep_the_config_locked():
+    config = experiment.load_config(DEFAULT, {"freeze.frozen_depth": -1, "optim.learning_rate": 0.5,
+                                              "data.source": "synthetic"})
+    assert (config.freeze.frozen_depth, config.optim.learning_rate, config.data.source) == (-1, 0.5, "synthetic")
+    assert experiment.freeze_spec(config, registry.info("resnet50").stage_names).frozen_depth == 5
+    with pytest.raises(AttributeError):
+        config.optim.new_field = 1
+
+
+def test_a_misspelt_override_fails_with_a_hint():
+    with pytest.raises(AttributeError, match="learning_rate"):
+        experiment.load_config(DEFAULT, {"optim.learning_rat": 0.1})
+
+
+@pytest.mark.parametrize("bad,match", [({"optim.name": "adam"}, "unknown optimizer"),
+                                       ({"data.source": "tfds"}, "data.source"),
+                                       ({"parallel": "dp"}, "parallel"),
+                                       ({"freeze.frozen_depth": 6}, "out of range")])
+def test_invalid_values_fail_before_any_data_is_read(bad, match):
+    config = experiment.load_config(DEFAULT, bad)
+    with pytest.raises(ValueError, match=match):
+        experiment.validate(config, registry.info("resnet50").stage_names)
+
+
+def test_command_line_typo_exits_with_a_hint_and_leaves_no_run(tmp_path):
+    workdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config", DEFAULT,
+                           "--workdir", str(workdir), "--config.optim.learning_rat=0.1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'Did you mean "learning_rate"' in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()

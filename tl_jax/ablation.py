@@ -1,0 +1,228 @@
+"""Frozen-depth ablations: one recipe at several frozen depths (and seeds), summarised and plotted.
+
+Every (variant, seed) is an ordinary training run in its own workdir
+``WORKDIR/runs/<variant>_seed<seed>``, run in this process with ``experiment.train``. A run
+whose ``result.json`` exists is finished and skipped; an interrupted one resumes from its
+checkpoints. So re-running the same command after a crash (or with more seeds or depths)
+only does what is missing. A run directory refuses a different config, so changing the
+recipe needs a new WORKDIR.
+
+Variants: ``depth<k>`` for each frozen depth, ``scratch`` (same architecture, random
+initialisation, everything trains), and ``probe_cache`` (every backbone stage frozen, on
+cached features: ``tl_jax.features``). Outputs: ``ablation.csv`` and ``ablation.json`` (one
+row per variant: mean and spread over seeds of the best eval top-1, trainable parameters,
+steady-state throughput, wall time) and ``ablation.png``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import statistics
+from typing import Any, Callable, Sequence
+
+from tl_jax import experiment
+
+RUNS = "runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str                     # run-directory prefix and table label
+    depth: int                    # resolved frozen depth (0 for scratch)
+    overrides: tuple = ()         # (dotted field, value) pairs applied to the base config
+    note: str = ""
+
+
+def parse_list(text: str | Sequence[int] | None, everything: Sequence[int]) -> list[int]:
+    """``"all"``/None -> everything; ``"0,2,4"`` -> [0, 2, 4]; ``-1`` means the last."""
+    if text is None or text == "all" or text == "":
+        return list(everything)
+    items = [int(x) for x in text.split(",")] if isinstance(text, str) else [int(x) for x in text]
+    last = everything[-1]
+    out = [last if x == -1 else x for x in items]
+    bad = [x for x in out if x not in everything]
+    if bad:
+        raise ValueError(f"frozen depths {bad} out of range; this model has depths {everything[0]}..{last}")
+    return out
+
+
+def stage_names(config: Any) -> list[str]:
+    return list(experiment.weights_metadata(config)["stage_names"])
+
+
+def variants(config: Any, depths: str | Sequence[int] | None = "all", *, scratch: bool = False,
+             probe_cache: bool = False) -> list[Variant]:
+    """The runs of an ablation of ``config``: each frozen depth, optionally from scratch and the cached probe."""
+    stages = stage_names(config)
+    full = len(stages) - 1
+    out = [Variant(f"depth{d}", d, (("freeze.frozen_depth", d), ("feature_cache", False)),
+                   "+".join(stages[:d]) if d else "full fine-tune") for d in parse_list(depths, range(full + 1))]
+    if probe_cache:
+        out.append(Variant("probe_cache", full, (("freeze.frozen_depth", full), ("feature_cache", True)),
+                           "head on cached features"))
+    if scratch:
+        meta = experiment.weights_metadata(config)
+        out.append(Variant("scratch", 0, (("weights", ""), ("model.arch", meta["arch"]),
+                                          ("model.source", meta["source"]), ("freeze.frozen_depth", 0),
+                                          ("feature_cache", False)), "random init, all trainable"))
+    return out
+
+
+def run_dir(workdir: str, variant: Variant, seed: int) -> str:
+    return os.path.join(workdir, RUNS, f"{variant.name}_seed{seed}")
+
+
+def run_all(config: Any, workdir: str, runs: Sequence[Variant], seeds: Sequence[int] = (0,), *,
+            train_fn: Callable[..., dict] | None = None, progress: bool | None = None, echo: bool = False,
+            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train every (variant, seed) that has no result yet; return all results (with ``variant``, ``seed``)."""
+    train_fn = train_fn or experiment.train
+    results = []
+    for v in runs:
+        for seed in seeds:
+            d = run_dir(workdir, v, seed)
+            done = experiment.read_result(d)
+            if done is not None:
+                log(f"[ablation] {v.name} seed {seed}: finished earlier, skipped")
+                res = done
+            else:
+                log(f"[ablation] {v.name} seed {seed}: training in {d}")
+                cfg = experiment.override(config, {**dict(v.overrides), "seed": int(seed)})
+                res = train_fn(cfg, d, progress=progress, echo=echo)
+                if not res.get("finished"):
+                    raise RuntimeError(f"run {d} did not finish: {res}")
+            results.append({**res, "variant": v.name, "seed": int(seed), "depth": v.depth, "note": v.note,
+                            "workdir": d})
+    return results
+
+
+def _spread(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant (in first-seen order): statistics over seeds."""
+    order, groups = [], {}
+    for r in results:
+        if r["variant"] not in groups:
+            order.append(r["variant"])
+            groups[r["variant"]] = []
+        groups[r["variant"]].append(r)
+    rows = []
+    for name in order:
+        g = groups[name]
+        best = [r["best_eval_top1"] for r in g if r.get("best_eval_top1") is not None]
+        final = [r["final_eval_top1"] for r in g if r.get("final_eval_top1") is not None]
+        rows.append({
+            "variant": name, "depth": g[0]["depth"], "note": g[0]["note"], "seeds": [r["seed"] for r in g],
+            "best_top1_mean": _mean(best), "best_top1_std": _spread(best) if best else None,
+            "best_top1_min": min(best) if best else None, "best_top1_max": max(best) if best else None,
+            "final_top1_mean": _mean(final), "final_top1_std": _spread(final) if final else None,
+            "trainable_params": g[0]["trainable_params"], "frozen_params": g[0]["frozen_params"],
+            "steps_per_s": _mean([r.get("steps_per_s") for r in g]),
+            "images_per_s": _mean([r.get("images_per_s") for r in g]),
+            "wall_s": _mean([r.get("wall_s") for r in g]),
+        })
+    return rows
+
+
+CSV_FIELDS = ("variant", "depth", "note", "seeds", "best_top1_mean", "best_top1_std", "best_top1_min",
+              "best_top1_max", "final_top1_mean", "final_top1_std", "trainable_params", "frozen_params",
+              "steps_per_s", "images_per_s", "wall_s")
+
+
+def write_outputs(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], workdir: str,
+                  title: str = "frozen-depth ablation") -> dict[str, str]:
+    """ablation.csv, ablation.json (rows and every run's result) and ablation.png in ``workdir``."""
+    os.makedirs(workdir, exist_ok=True)
+    paths = {k: os.path.join(workdir, f"ablation.{k}") for k in ("csv", "json", "png")}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: " ".join(map(str, r[k])) if k == "seeds" else r[k] for k in CSV_FIELDS})
+    with open(paths["json"], "w") as f:
+        json.dump({"title": title, "rows": list(rows), "runs": list(results)}, f, indent=2)
+    plot(rows, paths["png"], title)
+    return paths
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
+    """Best eval top-1 (mean, min-max over seeds), trainable parameters, throughput and wall time vs depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depth_rows = [r for r in rows if r["variant"].startswith("depth")]
+    extra = [r for r in rows if not r["variant"].startswith("depth")]
+    x = sorted({r["depth"] for r in rows})
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    panels = [("best_top1_mean", "best eval top-1", False), ("trainable_params", "trainable parameters", True),
+              ("images_per_s", "train images/s (steady state)", True), ("wall_s", "wall time per run (s)", False)]
+    for ax, (key, label, log) in zip(axes.flat, panels):
+        dx = [r["depth"] for r in depth_rows]
+        y = [r[key] if r[key] is not None else float("nan") for r in depth_rows]
+        if key == "best_top1_mean":
+            lo = [r[key] - r["best_top1_min"] if r[key] is not None else 0 for r in depth_rows]
+            hi = [r["best_top1_max"] - r[key] if r[key] is not None else 0 for r in depth_rows]
+            ax.errorbar(dx, y, yerr=[lo, hi], marker="o", capsize=3, label="pretrained, frozen prefix")
+        else:
+            ax.plot(dx, y, marker="o", label="pretrained, frozen prefix")
+        for i, r in enumerate(extra):
+            if r[key] is None:
+                continue
+            if r["variant"] == "scratch":  # no frozen depth: a reference level
+                ax.axhline(r[key], color=f"C{i + 1}", linestyle="--", label=r["variant"])
+            else:
+                ax.plot([r["depth"]], [r[key]], marker="s", linestyle="none", color=f"C{i + 1}", label=r["variant"])
+        ax.set_xlabel("frozen depth (stages frozen)")
+        ax.set_ylabel(label)
+        ax.set_xticks(x)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table (also valid Markdown)."""
+    def pct(m, s):
+        return "n/a" if m is None else f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if s else "")
+
+    def num(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+    lines = ["| variant | frozen | trainable params | best eval top-1 % | final eval top-1 % | train img/s | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['note']} | {r['trainable_params']:,} | "
+                     f"{pct(r['best_top1_mean'], r['best_top1_std'])} | "
+                     f"{pct(r['final_top1_mean'], r['final_top1_std'])} | "
+                     f"{num(r['images_per_s'], '.0f')} | {num(r['wall_s'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def ablate(config: Any, workdir: str, *, depths: str | Sequence[int] | None = "all", seeds: Sequence[int] = (0,),
+           scratch: bool = False, probe_cache: bool = False, title: str | None = None,
+           progress: bool | None = None, log: Callable[[str], None] = print) -> tuple[list[dict], dict[str, str]]:
+    """Run (or finish) the ablation and write its outputs; returns (rows, output paths)."""
+    runs = variants(config, depths, scratch=scratch, probe_cache=probe_cache)
+    results = run_all(config, workdir, runs, seeds, progress=progress, log=log)
+    rows = summarize(results)
+    paths = write_outputs(rows, results, workdir, title or f"frozen-depth ablation: {config.data.source}")
+    return rows, paths
+
+
+__all__ = ["Variant", "ablate", "format_table", "parse_list", "plot", "run_all", "run_dir", "summarize",
+           "variants", "write_outputs"]
