@@ -121,7 +121,11 @@ class DataParallel:
 
     @property
     def axis_name(self) -> str | None:
-        return None if self.kind == "none" else AXIS
+        """``None`` where there is nothing to average over: a shard_map over a single device
+        runs as plain ``jit`` (same arithmetic; the shard_map/collectives cost ~4% on CPU)."""
+        if self.kind == "none" or (self.kind == "shard_map" and self.mesh.size == 1):
+            return None
+        return AXIS
 
     def model(self, model: Any) -> Any:
         """The module with ``bn_axis_name`` matching this wrapper (``"data"`` when syncing BN)."""
@@ -160,7 +164,7 @@ class DataParallel:
 
     def _wrap(self, fn: Callable, donate: bool) -> Callable:
         donate_argnums = (0,) if donate else ()
-        if self.kind == "none":
+        if self.axis_name is None:
             return jax.jit(fn, donate_argnums=donate_argnums)
         if self.kind == "pmap":
             return jax.pmap(fn, axis_name=AXIS, devices=list(self.mesh.devices.flat), donate_argnums=donate_argnums)
