@@ -27,12 +27,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; an existing one is resumed)")
 _STOP = flags.DEFINE_integer("stop_at_step", None, "leave after this many steps (resume later)")
 _PROGRESS = flags.DEFINE_enum("progress", "auto", ["auto", "on", "off"], "progress bar (auto: on a terminal)")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "multi-host: host:port of process 0 (omit where JAX detects the cluster itself)")
+_NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+_PID = flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from tl_jax import parallel
+
+    # JAX's multi-controller runtime: auto-detected on Slurm / Open MPI / TPU pods, explicit otherwise.
+    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     progress = {"auto": None, "on": True, "off": False}[_PROGRESS.value]
     result = experiment.train(_CONFIG.value, _WORKDIR.value, progress=progress, stop_at_step=_STOP.value)
     if not result.get("finished"):

@@ -12,6 +12,7 @@ raises instead of silently starting over.
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any, Callable
@@ -19,6 +20,17 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+
+
+class _QuietUntrackedSaves(logging.Filter):
+    """Saves between evals carry no metric by design (only eval steps compete for best);
+    orbax warns about each of them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
 
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
 
