@@ -85,3 +85,35 @@ def parity_error(out: np.ndarray, ref: np.ndarray) -> float:
     """max |out - ref| / max(1, max |ref|): the issue's float32 parity bar is 1e-4."""
     assert out.shape == ref.shape, (out.shape, ref.shape)
     return float(np.abs(np.asarray(out, np.float64) - ref).max() / max(1.0, float(np.abs(ref).max())))
+
+
+PARITY_TOL = 1e-4
+
+
+def assert_parity(out: np.ndarray, ref: np.ndarray, what: str, tol: float = PARITY_TOL) -> float:
+    """Assert the parity bar; refuse vanishingly small references, against which any port would pass."""
+    assert np.abs(ref).max() > 0.05, f"{what}: reference too small to compare ({np.abs(ref).max()})"
+    err = parity_error(out, ref)
+    assert err <= tol, f"{what}: parity error {err:.3g} > {tol}"
+    return err
+
+
+def logits_and_features(model, variables, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, pre-logit features) of our port from one jitted call (XLA shares the common forward)."""
+    import jax
+
+    fn = jax.jit(lambda v, x: (model.apply(v, x), model.apply(v, x, return_features=True)))
+    logits, feats = fn(variables, x)
+    return np.asarray(logits), np.asarray(feats)
+
+
+def load_convert_cli():
+    """scripts/convert_weights.py as a module (its ``main(argv)`` is the CLI)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_weights.py"
+    spec = importlib.util.spec_from_file_location("convert_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

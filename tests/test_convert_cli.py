@@ -6,7 +6,6 @@ directory nor a temporary directory behind.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import socket
@@ -25,16 +24,9 @@ from tl_jax.weights import fetch, store
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("convert_weights", ROOT / "scripts" / "convert_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def cli():
-    return load_cli()
+    return R.load_convert_cli()
 
 
 @pytest.fixture(scope="module")

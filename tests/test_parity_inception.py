@@ -24,34 +24,19 @@ import jax
 import numpy as np
 import pytest
 
-from references import keras_reference, parity_error, save_keras_h5, torchvision_reference
+from references import (PARITY_TOL, assert_parity, keras_reference, logits_and_features, parity_error, save_keras_h5,
+                        torchvision_reference)
 from tl_jax.models import registry
 from tl_jax.weights.convert import ConversionError, variables_template
 from tl_jax.weights.keras import convert_keras, read_h5_weights
 from tl_jax.weights.maps import inception as inception_map
 from tl_jax.weights.torchvision import convert_torchvision
 
-TOL = 1e-4
 SIZE, OTHER = 299, 160
 
 
 def _inputs(size: int, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).uniform(-1.0, 1.0, (2, size, size, 3)).astype(np.float32)
-
-
-def _ours(model, variables, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, features) from one jitted call (XLA shares the common forward)."""
-    fn = jax.jit(lambda v, x: (model.apply(v, x), model.apply(v, x, return_features=True)))
-    logits, feats = fn(variables, x)
-    return np.asarray(logits), np.asarray(feats)
-
-
-def _assert_close(out: np.ndarray, ref: np.ndarray, what: str) -> float:
-    # A parity bar is only meaningful if the reference is not vanishingly small.
-    assert np.abs(ref).max() > 0.05, f"{what}: reference too small to compare ({np.abs(ref).max()})"
-    err = parity_error(out, ref)
-    assert err <= TOL, f"{what}: parity error {err:.3g} > {TOL}"
-    return err
 
 
 def _torchvision_inception(path: str, transform_input: bool):
@@ -97,22 +82,22 @@ def test_torchvision_inception_parity(transform_input, tmp_path):
     variables = convert_torchvision("inception_v3", path)
     model = registry.create("inception_v3", "torchvision", transform_input=transform_input)
     x = np.random.RandomState(0).randn(2, SIZE, SIZE, 3).astype(np.float32)
-    logits, feats = _ours(model, variables, x)
+    logits, feats = logits_and_features(model, variables, x)
     ref_logits, ref_feats = _torch_logits_and_features(ref, x)
     assert feats.shape == (2, 2048) and feats.dtype == np.float32
-    _assert_close(logits, ref_logits, f"logits at {SIZE}")
-    _assert_close(feats, ref_feats, f"features at {SIZE}")
+    assert_parity(logits, ref_logits, f"logits at {SIZE}")
+    assert_parity(feats, ref_feats, f"features at {SIZE}")
     if not transform_input:
         return  # the settings differ in the first op only: one second size suffices
     x = np.random.RandomState(1).randn(2, OTHER, OTHER, 3).astype(np.float32)
-    logits, feats = _ours(model, variables, x)
+    logits, feats = logits_and_features(model, variables, x)
     ref_logits, ref_feats = _torch_logits_and_features(ref, x)
-    _assert_close(logits, ref_logits, f"logits at {OTHER}")
-    _assert_close(feats, ref_feats, f"features at {OTHER}")
+    assert_parity(logits, ref_logits, f"logits at {OTHER}")
+    assert_parity(feats, ref_feats, f"features at {OTHER}")
     # Guards the comparison: the flag must matter, or both sides could be ignoring it.
     flipped = registry.create("inception_v3", "torchvision", transform_input=False)
     flipped_feats = jax.jit(lambda v, x: flipped.apply(v, x, return_features=True))(variables, x)
-    assert parity_error(np.asarray(flipped_feats), ref_feats) > 100 * TOL
+    assert parity_error(np.asarray(flipped_feats), ref_feats) > 100 * PARITY_TOL
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +130,7 @@ def test_keras_inception_parity(keras_files):
     ref, path = keras_files["first"]
     variables = convert_keras("inception_v3", path)
     x = _inputs(SIZE, 0)
-    _assert_close(_ours(model, variables, x)[0], np.asarray(ref.predict_on_batch(x)), f"logits at {SIZE}")
+    assert_parity(logits_and_features(model, variables, x)[0], np.asarray(ref.predict_on_batch(x)), f"logits at {SIZE}")
 
     second, second_path = keras_files["second"]
     names = _conv_layer_names(second_path)
@@ -154,12 +139,12 @@ def test_keras_inception_parity(keras_files):
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(second_vars)):
         np.testing.assert_array_equal(a, b)
     x = _inputs(OTHER, 1)
-    logits, feats = _ours(model, second_vars, x)
+    logits, feats = logits_and_features(model, second_vars, x)
     import keras
 
     ref_feats = keras.Model(second.input, second.get_layer("avg_pool").output).predict_on_batch(x)
-    _assert_close(logits, np.asarray(second.predict_on_batch(x)), f"logits at {OTHER}")
-    _assert_close(feats, np.asarray(ref_feats), f"features at {OTHER}")
+    assert_parity(logits, np.asarray(second.predict_on_batch(x)), f"logits at {OTHER}")
+    assert_parity(feats, np.asarray(ref_feats), f"features at {OTHER}")
 
 
 def test_keras_notop_file_converts_headless(keras_files):
@@ -169,7 +154,7 @@ def test_keras_notop_file_converts_headless(keras_files):
     assert "head" not in variables["params"]
     x = _inputs(OTHER, 2)
     feats = np.asarray(jax.jit(model.apply)(variables, x))
-    _assert_close(feats, np.asarray(notop.predict_on_batch(x)), f"notop features at {OTHER}")
+    assert_parity(feats, np.asarray(notop.predict_on_batch(x)), f"notop features at {OTHER}")
 
 
 def _synthetic_keras_weights(first: int) -> dict[str, np.ndarray]:

@@ -8,7 +8,6 @@ real photos prepared with the source's preprocessing, at 224 and at 160.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -22,16 +21,9 @@ from tl_jax import load_pretrained, preprocess
 from tl_jax.models import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-TOL = 1e-4
+TOL = R.PARITY_TOL
 SIZES = (224, 160)
 CLI_ARCH = "resnet50"  # per source: converted by the CLI and loaded with load_pretrained
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("convert_weights", ROOT / "scripts" / "convert_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def ours(model, variables, x):
 def convert_and_load(arch, source, path, tmp_path, convert_fn):
     if arch == CLI_ARCH:
         out = tmp_path / f"{arch}_{source}"
-        assert load_cli().main(["--arch", arch, "--source", source, "--input", str(path),
+        assert R.load_convert_cli().main(["--arch", arch, "--source", source, "--input", str(path),
                                 "--output", str(out)]) == 0
         model, variables, metadata = load_pretrained(out)
         assert (metadata["arch"], metadata["source"], metadata["num_classes"]) == (arch, source, 1000)

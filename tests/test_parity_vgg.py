@@ -28,13 +28,12 @@ import pytest
 import torch
 import torchvision
 
-from references import keras_reference, parity_error, torchvision_reference
+from references import assert_parity, keras_reference, logits_and_features, torchvision_reference
 from tl_jax.models import registry
 from tl_jax.weights.convert import ConversionError, variables_template
 from tl_jax.weights.keras import convert_keras
 from tl_jax.weights.torchvision import convert_torchvision
 
-TOL = 1e-4
 SIZE, OTHER = 224, 100
 TORCHVISION_ARCHS = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
 EXTRA_SIZES = {"vgg11": (OTHER, 256)}
@@ -47,21 +46,6 @@ def _inputs(size: int, seed: int, scale: float = 1.0) -> np.ndarray:
 # Keras' "caffe" inputs are mean-subtracted pixels (about +-128), and its Glorot-initialised
 # VGG is close to linear in the input: unit-scale inputs would give logits of about 0.01.
 KERAS_SCALE = 64.0
-
-
-def _ours(model, variables, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, features) from one jitted call (XLA shares the common forward)."""
-    fn = jax.jit(lambda v, x: (model.apply(v, x), model.apply(v, x, return_features=True)))
-    logits, feats = fn(variables, x)
-    return np.asarray(logits), np.asarray(feats)
-
-
-def _assert_close(out: np.ndarray, ref: np.ndarray, what: str) -> float:
-    # A parity bar is only meaningful if the reference is not vanishingly small.
-    assert np.abs(ref).max() > 0.05, f"{what}: reference too small to compare ({np.abs(ref).max()})"
-    err = parity_error(out, ref)
-    assert err <= TOL, f"{what}: parity error {err:.3g} > {TOL}"
-    return err
 
 
 def _torch_logits_and_features(ref, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,10 +71,10 @@ def test_torchvision_vgg_parity(arch, tmp_path):
     for size in (SIZE, *EXTRA_SIZES.get(arch, (OTHER,))):
         x = _inputs(size, seed=size)
         ref_logits, ref_feats = _torch_logits_and_features(ref, x)
-        logits, feats = _ours(model, variables, x)
-        errors[f"logits@{size}"] = _assert_close(logits, ref_logits, f"{arch} logits at {size}")
+        logits, feats = logits_and_features(model, variables, x)
+        errors[f"logits@{size}"] = assert_parity(logits, ref_logits, f"{arch} logits at {size}")
         if size == SIZE:
-            errors["features"] = _assert_close(feats, ref_feats, f"{arch} fc7 features")
+            errors["features"] = assert_parity(feats, ref_feats, f"{arch} fc7 features")
     print(f"\n{arch} torchvision max parity error: {errors}")
 
 
@@ -108,9 +92,9 @@ def test_keras_vgg_parity(arch, app, tmp_path):
     x = _inputs(SIZE, seed=0, scale=KERAS_SCALE)
     both = keras.Model(ref.input, [ref.output, ref.get_layer("fc2").output])
     ref_logits, ref_feats = (np.asarray(a) for a in both(x, training=False))
-    logits, feats = _ours(model, variables, x)
-    errors["logits@224"] = _assert_close(logits, ref_logits, f"keras {arch} logits")
-    errors["features"] = _assert_close(feats, ref_feats, f"keras {arch} fc2 features")
+    logits, feats = logits_and_features(model, variables, x)
+    errors["logits@224"] = assert_parity(logits, ref_logits, f"keras {arch} logits")
+    errors["features"] = assert_parity(feats, ref_feats, f"keras {arch} fc2 features")
 
     # Second size: the conv backbone only (see the module docstring).
     base = getattr(keras.applications, app)(include_top=False, weights=None, input_shape=(OTHER, OTHER, 3))
@@ -125,7 +109,7 @@ def test_keras_vgg_parity(arch, app, tmp_path):
     _, state = model.apply({"params": params}, x, capture_intermediates=lambda m, _: m.name == "block5",
                            mutable=["intermediates"])
     block5 = np.asarray(state["intermediates"]["block5"]["__call__"][0])
-    errors[f"block5@{OTHER}"] = _assert_close(block5, ref_block5, f"keras {arch} block5 at {OTHER}")
+    errors[f"block5@{OTHER}"] = assert_parity(block5, ref_block5, f"keras {arch} block5 at {OTHER}")
     print(f"\n{arch} keras max parity error: {errors}")
 
 
