@@ -7,7 +7,7 @@
 Any field can be overridden with --config.<field>=<value>; a misspelt field fails with a hint.
 ``freeze.frozen_depth=-1`` freezes every backbone stage (only the head trains). The workdir gets
 config.json, run.json, metrics.jsonl, tensorboard/, checkpoints/ and, when done, result.json
-(see tl_jax/experiment.py). Evaluate a run with scripts/evaluate.py, classify images with
+(see tl_jax/experiment/__init__.py). Evaluate a run with scripts/evaluate.py, classify images with
 scripts/predict.py.
 """
 from __future__ import annotations
