@@ -46,6 +46,21 @@ def torch_forward(model, x_nhwc: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
 
 
+def torch_logits_and_activation(model, x_nhwc: np.ndarray, module, *, entering: bool = False
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """The real ``model(x)`` logits and the activation leaving ``module`` (or entering it), caught by a hook."""
+    caught = {}
+    if entering:
+        hook = module.register_forward_pre_hook(lambda m, inputs: caught.setdefault("a", inputs[0].clone()))
+    else:
+        hook = module.register_forward_hook(lambda m, inputs, out: caught.setdefault("a", out.clone()))
+    try:
+        logits = torch_forward(model, x_nhwc)
+    finally:
+        hook.remove()
+    return logits, caught["a"].numpy()
+
+
 def randomize_keras_bn(model, seed: int = 0) -> None:
     import keras
 

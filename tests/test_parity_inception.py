@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from references import (PARITY_TOL, assert_parity, keras_reference, logits_and_features, parity_error, save_keras_h5,
-                        torchvision_reference)
+                        torch_logits_and_activation, torchvision_reference)
 from tl_jax.models import registry
 from tl_jax.weights.convert import ConversionError, variables_template
 from tl_jax.weights.keras import convert_keras, read_h5_weights
@@ -60,19 +60,6 @@ def _torchvision_inception(path: str, transform_input: bool):
     return ref
 
 
-def _torch_logits_and_features(ref, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The real ``ref(x)`` logits, and the input of ``fc`` (pooled, after eval-mode dropout)."""
-    import torch
-
-    caught = {}
-    hook = ref.fc.register_forward_pre_hook(lambda m, inputs: caught.setdefault("f", inputs[0].clone()))
-    try:
-        with torch.no_grad():
-            logits = ref(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
-    finally:
-        hook.remove()
-    return logits.numpy(), caught["f"].numpy()
-
 
 @pytest.mark.parametrize("transform_input", [True, False], ids=["transform_input", "no_transform"])
 def test_torchvision_inception_parity(transform_input, tmp_path):
@@ -83,7 +70,7 @@ def test_torchvision_inception_parity(transform_input, tmp_path):
     model = registry.create("inception_v3", "torchvision", transform_input=transform_input)
     x = np.random.RandomState(0).randn(2, SIZE, SIZE, 3).astype(np.float32)
     logits, feats = logits_and_features(model, variables, x)
-    ref_logits, ref_feats = _torch_logits_and_features(ref, x)
+    ref_logits, ref_feats = torch_logits_and_activation(ref, x, ref.fc, entering=True)
     assert feats.shape == (2, 2048) and feats.dtype == np.float32
     assert_parity(logits, ref_logits, f"logits at {SIZE}")
     assert_parity(feats, ref_feats, f"features at {SIZE}")
@@ -91,7 +78,7 @@ def test_torchvision_inception_parity(transform_input, tmp_path):
         return  # the settings differ in the first op only: one second size suffices
     x = np.random.RandomState(1).randn(2, OTHER, OTHER, 3).astype(np.float32)
     logits, feats = logits_and_features(model, variables, x)
-    ref_logits, ref_feats = _torch_logits_and_features(ref, x)
+    ref_logits, ref_feats = torch_logits_and_activation(ref, x, ref.fc, entering=True)
     assert_parity(logits, ref_logits, f"logits at {OTHER}")
     assert_parity(feats, ref_feats, f"features at {OTHER}")
     # Guards the comparison: the flag must matter, or both sides could be ignoring it.

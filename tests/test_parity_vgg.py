@@ -28,7 +28,8 @@ import pytest
 import torch
 import torchvision
 
-from references import assert_parity, keras_reference, logits_and_features, torchvision_reference
+from references import (assert_parity, keras_reference, logits_and_features, torch_logits_and_activation,
+                        torchvision_reference)
 from tl_jax.models import registry
 from tl_jax.weights.convert import ConversionError, variables_template
 from tl_jax.weights.keras import convert_keras
@@ -48,17 +49,6 @@ def _inputs(size: int, seed: int, scale: float = 1.0) -> np.ndarray:
 KERAS_SCALE = 64.0
 
 
-def _torch_logits_and_features(ref, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The real ``ref(x)`` logits, and the fc7 ReLU output (``classifier[4]``) caught by a hook."""
-    caught = {}
-    hook = ref.classifier[4].register_forward_hook(lambda m, i, o: caught.setdefault("f", o.clone()))
-    try:
-        with torch.no_grad():
-            logits = ref(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
-    finally:
-        hook.remove()
-    return logits.numpy(), caught["f"].numpy()
-
 
 @pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
 def test_torchvision_vgg_parity(arch, tmp_path):
@@ -70,7 +60,7 @@ def test_torchvision_vgg_parity(arch, tmp_path):
     errors = {}
     for size in (SIZE, *EXTRA_SIZES.get(arch, (OTHER,))):
         x = _inputs(size, seed=size)
-        ref_logits, ref_feats = _torch_logits_and_features(ref, x)
+        ref_logits, ref_feats = torch_logits_and_activation(ref, x, ref.classifier[4])
         logits, feats = logits_and_features(model, variables, x)
         errors[f"logits@{size}"] = assert_parity(logits, ref_logits, f"{arch} logits at {size}")
         if size == SIZE:
