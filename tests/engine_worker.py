@@ -34,7 +34,8 @@ def random_variables(model, size: int = SIZE, seed: int = 0, calibrate: bool = F
     import jax
     import numpy as np
     from tl_jax.freeze import path_str
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32))
+    from tl_jax.weights.convert import variables_template
+    shapes = variables_template(model, size)
     rng = np.random.default_rng(seed)
 
     def fill(path, x):

@@ -85,8 +85,9 @@ def init_variables(model: Any, size: int, seed: int = 0) -> dict[str, Any]:
     import jax
 
     from tl_jax.freeze import path_str
+    from tl_jax.weights.convert import variables_template
 
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32))
+    shapes = variables_template(model, size)
     rng = np.random.default_rng(seed)
     fills = {"bias": np.zeros, "mean": np.zeros, "scale": np.ones, "var": np.ones}
 
