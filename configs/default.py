@@ -34,8 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.min_crop_area = 0.08        # random-resized-crop scale lower bound
     c.data.skip_corrupt = False        # skip unreadable images with a warning instead of failing
     c.data.classes = ()                # digits: the digits to keep, relabelled 0..k-1 in this order (empty: all)
-    c.data.labels_per_class = 0        # digits: keep this many labelled examples per class (0: all)
-    c.data.num_examples = 0            # synthetic: examples per split (0: 256); its classes: num_classes or 10
+    c.data.labels_per_class = 0        # digits, glyphs: keep this many labelled examples per class (0: all)
+    c.data.label_seed = -1             # ... drawn with this seed (-1: the run's seed, so seeds vary the labels)
+    c.data.num_examples = 0            # synthetic: examples per split (0: 256); its classes: num_classes or 10.
+                                       # glyphs: examples rendered (0: the source's default)
 
     c.freeze = ml_collections.ConfigDict()
     # Freeze the first k stages of the model's stage_names (ResNet: stem, layer1..layer4, head;
@@ -50,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"               # sgd (momentum, nesterov) | adamw
     c.optim.learning_rate = 0.01       # peak, for the global batch
+    c.optim.head_only_learning_rate = 0.0  # > 0: the peak when only the head trains (every backbone stage frozen)
     c.optim.momentum = 0.9
     c.optim.weight_decay = 1e-4        # applied to trainable leaves only
     c.optim.schedule = "cosine"        # cosine | constant

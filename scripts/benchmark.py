@@ -1,133 +1,42 @@
-"""Training-step throughput of tl_jax at given frozen depths, optionally beside the torchvision step.
+r"""Training-step throughput of tl_jax at given frozen depths, optionally beside the torchvision step.
 
-Synthetic data already on the devices, warm-up, then the median of timed chunks of steps.
-Needs only jax/flax/optax (+ torch for ``--peer torch``): no TensorFlow, tfds or ml_collections,
-so it runs as is on a bare GPU machine.
+Synthetic data on the devices, the step compiled ahead of time, a warm-up, then the median of
+--chunks timed chunks of --steps steps. Prints one JSON line for the environment and one per depth
+(images/s, compile time, optimizer-state bytes, trainable/frozen parameters, convolutions in the
+compiled step, and with --peer torch the torchvision step's images/s in the same dtype and
+ratio_vs_torch); --out also writes them as a JSON list. Needs no TensorFlow, tfds or ml_collections.
 
   python scripts/benchmark.py --arch resnet50 --depths 0,4,5 --batch 256 --resolution 224 \
       --dtype bfloat16 --peer torch --out results.json
   python scripts/benchmark.py --arch resnet50 --depths 0,4 --batch 8 --resolution 64 --steps 5   # CPU
 """
-from __future__ import annotations
+from absl import flags
 
-import argparse
-import json
-import os
-import platform
-import statistics
-import sys
-import time
-from typing import Any
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tl_jax import freeze, optim, parallel, step  # noqa: E402
-from tl_jax.models import registry  # noqa: E402
+from tl_jax.bench import step
+from tl_jax.experiment import cli
 
 
-def _peak_memory() -> int | None:
-    stats = jax.local_devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+_ARCH = flags.DEFINE_string("arch", "resnet50", "model, e.g. resnet50, vgg16, inception_v3")
+_SOURCE = flags.DEFINE_enum("source", "torchvision", ["torchvision", "keras"], "which port of the model")
+_DEPTHS = flags.DEFINE_list("depths", ["0", "4", "5"], "comma-separated frozen depths")
+_BATCH = flags.DEFINE_integer("batch", 256, "global batch", lower_bound=1)
+_RESOLUTION = flags.DEFINE_integer("resolution", 224, "image side in pixels", lower_bound=1)
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", list(step.DTYPES), "compute dtype, of both tl_jax and the peer")
+_PARALLEL = flags.DEFINE_enum("parallel", "shard_map", list(step.PARALLEL_KINDS), "data-parallel wrapper")
+_STEPS = flags.DEFINE_integer("steps", 20, "steps per timed chunk", lower_bound=1)
+_CHUNKS = flags.DEFINE_integer("chunks", 3, "timed chunks; the median is reported", lower_bound=1)
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "classes of the head", lower_bound=1)
+_PEER = flags.DEFINE_enum("peer", "", list(step.PEERS), "also time the torchvision step ('torch')")
+_OUT = flags.DEFINE_string("out", "", "write the results as JSON here")
+flags.register_validator("depths", lambda ds: all(d.strip().lstrip("-").isdigit() for d in ds),
+                         "--depths must be integers, e.g. 0,4,5")
 
 
-def _timed(fn, chunks: int, steps_per_chunk: int) -> list[float]:
-    """Seconds per step for each chunk; one host sync per chunk, none inside it."""
-    out = []
-    for _ in range(chunks):
-        t = time.perf_counter()
-        fn(steps_per_chunk)
-        out.append((time.perf_counter() - t) / steps_per_chunk)
-    return out
-
-
-def bench_tl_jax(arch: str, source: str, frozen_depth: int, *, batch: int, resolution: int, dtype: str,
-                 parallel_kind: str, steps: int, chunks: int, num_classes: int, seed: int = 0) -> dict[str, Any]:
-    info = registry.info(arch, source)
-    spec = freeze.FreezeSpec(info.stage_names, frozen_depth)
-    dp = parallel.DataParallel(kind=parallel_kind)
-    model = dp.model(info.build(num_classes=num_classes, dtype=jnp.dtype(dtype), **spec.model_kwargs()))
-    x = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
-    variables = jax.jit(lambda k: model.init(k, x))(jax.random.key(seed))
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    tx = optim.make_optimizer(optim.OptimConfig(name="sgd", learning_rate=0.01, momentum=0.9), spec, params,
-                              total_steps=10_000)
-    state = step.TrainState.create(model.apply, variables, tx, rng=seed)
-    opt_bytes = optim.tree_bytes(state.opt_state)
-    counts = spec.summary(params)
-    state = dp.put_state(state)
-    rng = np.random.default_rng(seed)
-    batch_np = {"image": rng.standard_normal((batch, resolution, resolution, 3), np.float32),
-                "label": rng.integers(0, num_classes, (batch,)).astype(np.int32)}
-    batch_dev = dp.put_batch(batch_np)
-    train = dp.train_step(frozen_stats=spec.frozen_stats(params, stats))
-
-    t = time.perf_counter()
-    state, metrics = train(state, batch_dev)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t
-    holder = {"state": state}
-
-    def run(n: int) -> None:
-        s = holder["state"]
-        for _ in range(n):
-            s, m = train(s, batch_dev)
-        jax.block_until_ready(m)
-        holder["state"] = s
-
-    run(2)  # warm-up after compilation
-    per_step = _timed(run, chunks, steps)
-    med = statistics.median(per_step)
-    return {"impl": "tl_jax", "arch": arch, "source": source, "frozen_depth": frozen_depth, "batch": batch,
-            "resolution": resolution, "dtype": dtype, "parallel": parallel_kind, "devices": dp.num_devices,
-            "img_s": batch / med, "step_ms": med * 1e3, "step_ms_all": [round(s * 1e3, 3) for s in per_step],
-            "compile_s": compile_s, "peak_bytes": _peak_memory(), "opt_state_bytes": opt_bytes, **counts}
-
-
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="resnet50")
-    p.add_argument("--source", default="torchvision")
-    p.add_argument("--depths", default="0,4,5", help="comma-separated frozen depths")
-    p.add_argument("--batch", type=int, default=256, help="global batch")
-    p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--parallel", default="shard_map", choices=list(parallel.KINDS))
-    p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
-    p.add_argument("--chunks", type=int, default=3, help="timed chunks; the median is reported")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--peer", default="", choices=["", "torch"], help="also time the torchvision step")
-    p.add_argument("--out", default="", help="write the results as JSON here")
-    a = p.parse_args(argv)
-
-    info = registry.info(a.arch, a.source)
-    env = {"jax": jax.__version__, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-           "device_count": jax.device_count(), "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps({"env": env}), flush=True)
-    results = []
-    for depth in [int(d) for d in a.depths.split(",")]:
-        r = bench_tl_jax(a.arch, a.source, depth, batch=a.batch, resolution=a.resolution, dtype=a.dtype,
-                         parallel_kind=a.parallel, steps=a.steps, chunks=a.chunks, num_classes=a.num_classes)
-        if a.peer == "torch":
-            from tl_jax.torch_peer import time_torch_step
-
-            peer = time_torch_step(info.arch, info.family, depth, a.batch, a.resolution,
-                                   steps=a.steps * a.chunks, num_classes=a.num_classes,
-                                   bf16=a.dtype == "bfloat16")
-            r["peer"] = peer
-            r["ratio_vs_torch"] = r["img_s"] / peer["img_s"]
-        r.update(env)
-        results.append(r)
-        print(json.dumps(r), flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(results, f, indent=1)
-    return results
+def main(argv: list[str]) -> None:
+    step.run(_ARCH.value, _SOURCE.value, [int(d) for d in _DEPTHS.value], batch=_BATCH.value,
+             resolution=_RESOLUTION.value, dtype=_DTYPE.value, parallel=_PARALLEL.value, steps=_STEPS.value,
+             chunks=_CHUNKS.value, num_classes=_NUM_CLASSES.value, peer=_PEER.value, out=_OUT.value)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,22 +1,18 @@
 """Evaluate a training run's checkpoint on a dataset split: exact loss, top-1, top-5 as JSON.
 
-  python scripts/evaluate.py --workdir runs/flowers                       # latest checkpoint, eval split
-  python scripts/evaluate.py --workdir runs/pets --checkpoint best --split test --output pets_test.json
-  python scripts/evaluate.py --workdir runs/flowers --source folder:/data/my_flowers --split all
+  python scripts/evaluate.py --workdir runs/flowers                       # latest checkpoint, the run's eval split
+  python scripts/evaluate.py --workdir runs/flowers --checkpoint best --split 'train[90%:]' --output eval.json
+  python scripts/evaluate.py --workdir runs/flowers --source folder:/data/more_flowers --split all
 
 The images are prepared as in training (the weights' preprocessing at the run's image size).
+Only the parameters and BatchNorm statistics are restored: no optimizer is built.
 """
-from __future__ import annotations
-
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import app, flags  # noqa: E402
-
-from tl_jax import experiment  # noqa: E402
+from tl_jax.experiment import cli, restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory written by scripts/train.py")
 _CKPT = flags.DEFINE_string("checkpoint", "latest", "latest | best (eval top-1) | a step number")
@@ -28,11 +24,8 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    ckpt = _CKPT.value if _CKPT.value in ("latest", "best") else int(_CKPT.value)
-    metrics = experiment.evaluate_run(_WORKDIR.value, ckpt, split=_SPLIT.value, source=_SOURCE.value,
-                                      batch_size=_BATCH.value)
+    metrics = restore.evaluate_run(_WORKDIR.value, cli.checkpoint_flag(_CKPT.value), split=_SPLIT.value,
+                                   source=_SOURCE.value, batch_size=_BATCH.value)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
     if _OUTPUT.value:
@@ -42,4 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(experiment.main_with_clean_errors(main), flags_parser=experiment.parse_flags)
+    cli.run(main)

@@ -11,11 +11,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import json
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GLOBAL_BATCH, SIZE, CLASSES = 8, 32, 10
 
@@ -63,10 +60,8 @@ def random_variables(model, size: int = SIZE, seed: int = 0, calibrate: bool = F
 
 
 def flat(tree) -> dict:
-    import numpy as np
-    from tl_jax.freeze import path_str
-    import jax
-    return {path_str(p): np.asarray(jax.device_get(x)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    from tl_jax.tree import flat as flat_tree
+    return flat_tree(tree)
 
 
 def run_parallel(args) -> None:
@@ -85,7 +80,7 @@ def run_parallel(args) -> None:
     out = {}
     for kind, sync in (("none", True), ("shard_map", True), ("pmap", True), ("shard_map", False)):
         dp = DataParallel(kind, sync_bn=sync)
-        model = dp.model(spec.apply_to(base))
+        model = base.for_training(spec.frozen_depth, dp.bn_axis_name)
         tx = make_optimizer(OptimConfig(name="sgd", learning_rate=args.lr, momentum=0.9, weight_decay=1e-4),
                             spec, variables["params"], 10)
         state = dp.put_state(TrainState.create(model.apply, variables, tx, 0))
@@ -94,9 +89,9 @@ def run_parallel(args) -> None:
         for i in range(args.steps):
             state, metrics = step(state, dp.put_batch(global_batch(i)))
             losses.append(float(np.asarray(metrics["loss"]).reshape(-1)[0]))
-        evals = dp.eval_step()(dp.get_state(state) if kind != "pmap" else state,
-                               dp.put_batch({**global_batch(99), "mask": np.ones(GLOBAL_BATCH, np.float32)}))
-        one = dp.get_state(state)
+        evals = dp.get(dp.eval_step(model.apply)(state.variables, dp.put_batch(
+            {**global_batch(99), "mask": np.ones(GLOBAL_BATCH, np.float32)})))
+        one = dp.get(state)
         tag = f"{kind}{'' if sync else '_nosync'}"
         out.update({f"{tag}:params:{k}": v for k, v in flat(one.params).items()})
         out.update({f"{tag}:batch_stats:{k}": v for k, v in flat(one.batch_stats).items()})
@@ -115,7 +110,9 @@ def run_fit(args) -> None:
     import numpy as np
     from tl_jax import models
     from tl_jax.freeze import FreezeSpec
-    from tl_jax.loop import fit
+    from tl_jax.loop import Cadence, Setup, fit
+    from tl_jax.optim import OptimConfig
+    from tl_jax.parallel import DataParallel
 
     nproc, pid = jax.process_count(), jax.process_index()
     rows = GLOBAL_BATCH // nproc
@@ -138,9 +135,11 @@ def run_fit(args) -> None:
     optim = {"adamw": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_steps": 2,
                        "grad_clip_norm": 1.0},
              "sgd": {"name": "sgd", "learning_rate": args.lr, "momentum": 0.9, "weight_decay": 1e-4}}[args.optim]
-    res = fit(model, variables, freeze=spec, optim=optim,
-              train_data=train_data, num_steps=args.steps, eval_data=eval_data, eval_every=args.eval_every,
-              checkpoint_every=args.checkpoint_every, log_every=2, workdir=args.workdir, seed=3)
+    setup = Setup(model=model, variables=variables, freeze=spec, optim=OptimConfig(**optim), num_steps=args.steps,
+                  train_data=train_data, eval_data=eval_data, parallel=DataParallel("shard_map"),
+                  cadence=Cadence(log_every=2, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every),
+                  seed=3)
+    res = fit(setup, args.workdir, log=lambda r: print(json.dumps(r, sort_keys=True), flush=True))
     params, stats = res.state.params, res.state.batch_stats
     if nproc > 1:  # replicated global arrays: take this process's copy
         params, stats = jax.tree.map(lambda x: x.addressable_data(0), (params, stats))

@@ -121,14 +121,3 @@ def logits_and_features(model, variables, x: np.ndarray) -> tuple[np.ndarray, np
     logits, feats = fn(variables, x)
     return np.asarray(logits), np.asarray(feats)
 
-
-def load_convert_cli():
-    """scripts/convert_weights.py as a module (its ``main(argv)`` is the CLI)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_weights.py"
-    spec = importlib.util.spec_from_file_location("convert_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tl_jax import ablation, experiment
+from tl_jax.experiment import ablation, run
+from tl_jax.experiment.config import RESULT, ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, "configs", "default.py")
@@ -18,18 +19,18 @@ TINY = {"data.source": "synthetic", "data.train_split": "train", "data.eval_spli
 
 
 def test_variants_cover_the_requested_depths_scratch_and_probe():
-    config = experiment.load_config(DEFAULT, TINY)
+    config = load_config(DEFAULT, TINY)
     runs = ablation.variants(config, "all", scratch=True, probe_cache=True)
     assert [v.name for v in runs] == [f"depth{d}" for d in range(6)] + ["probe_cache", "scratch"]
     assert runs[3].note == "stem+layer1+layer2"
     assert dict(runs[-1].overrides)["weights"] == "" and dict(runs[-2].overrides)["feature_cache"] is True
     assert [v.depth for v in ablation.variants(config, "0,-1")] == [0, 5]
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ConfigError, match="out of range"):
         ablation.variants(config, "0,6")
 
 
 def test_a_second_invocation_skips_finished_runs_and_finishes_the_rest(tmp_path, monkeypatch):
-    config = experiment.load_config(DEFAULT, TINY)
+    config = load_config(DEFAULT, TINY)
     work = str(tmp_path / "abl")
     rows, paths = ablation.ablate(config, work, depths="4,5", seeds=(0, 1), progress=False, log=lambda m: None)
     assert [r["variant"] for r in rows] == ["depth4", "depth5"] and all(r["seeds"] == [0, 1] for r in rows)
@@ -44,24 +45,39 @@ def test_a_second_invocation_skips_finished_runs_and_finishes_the_rest(tmp_path,
     first = json.load(open(paths["json"]))
 
     calls = []
-    real_train = experiment.train
+    real_prepare = run.prepare
 
-    def counting_train(cfg, workdir, **kw):
-        calls.append(os.path.basename(workdir))
-        return real_train(cfg, workdir, **kw)
-    monkeypatch.setattr(experiment, "train", counting_train)
+    def counting_prepare(cfg):          # called only for runs that actually train
+        calls.append((cfg.freeze.frozen_depth, cfg.seed))
+        return real_prepare(cfg)
+    monkeypatch.setattr(run, "prepare", counting_prepare)
 
     again, _ = ablation.ablate(config, work, depths="4,5", seeds=(0, 1), progress=False, log=lambda m: None)
     assert calls == [] and again == rows and json.load(open(paths["json"])) == first
 
     # An unfinished run (no result.json) is the only one trained again, from its last checkpoint;
     # a new seed is added without touching the rest.
-    os.remove(os.path.join(ablation.run_dir(work, ablation.variants(config, "5")[0], 1), experiment.RESULT))
+    os.remove(os.path.join(ablation.run_dir(work, ablation.variants(config, "5")[0], 1), RESULT))
     rows3, _ = ablation.ablate(config, work, depths="5", seeds=(1, 2), progress=False, log=lambda m: None)
-    assert calls == ["depth5_seed1", "depth5_seed2"]
-    resumed = experiment.read_result(ablation.run_dir(work, ablation.variants(config, "5")[0], 1))
+    assert calls == [(5, 1), (5, 2)]
+    resumed = run.read_result(ablation.run_dir(work, ablation.variants(config, "5")[0], 1))
     assert resumed["resumed_from"] == 2
     assert rows3[0]["seeds"] == [1, 2]
+
+    # Finished runs trained with another config are refused, not silently reused.
+    with pytest.raises(ConfigError, match=r"another config \(num_steps: 2 -> 3\)"):
+        ablation.ablate(load_config(DEFAULT, {**TINY, "num_steps": 3}), work, depths="4", progress=False,
+                        log=lambda m: None)
+
+
+def test_runs_too_short_for_a_throughput_still_tabulate_and_plot(tmp_path):
+    """One step each: no step runs after compilation, so there is no images/s to plot on a log axis."""
+    config = load_config(DEFAULT, {**TINY, "num_steps": 1, "checkpoint_every_steps": 1})
+    rows, paths = ablation.ablate(config, str(tmp_path), depths="4,5", scratch=True, progress=False,
+                                  log=lambda m: None)
+    assert [r["images_per_s"] for r in rows] == [None, None, None]
+    assert open(paths["png"], "rb").read(4) == b"\x89PNG"
+    assert "| n/a |" in ablation.format_table(rows)
 
 
 def test_format_table_lists_every_variant():

@@ -178,12 +178,15 @@ def test_train_shards_concatenate_to_the_single_process_batch(folder):
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 32
 
 
-def test_corrupt_image_is_named_or_skipped_with_a_warning(tmp_path):
+def test_corrupt_image_is_named_when_the_split_loads_or_skipped_with_a_warning(tmp_path, capfd):
+    from tl_jax.data import UnreadableImagesError
+
     root = str(tmp_path)
     write_folder(root, per_class=2, corrupt="broken.jpg")
-    ds = folder_ds(root, batch_size=4)
-    with pytest.raises(ValueError, match=r"broken\.jpg.*skip_corrupt=True"):
-        list(ds)
+    with pytest.raises(UnreadableImagesError, match=r"1 unreadable image.*broken\.jpg.*skip_corrupt=True") as err:
+        folder_ds(root, batch_size=4)       # before any batch is read, not when training reaches the file
+    assert [os.path.basename(p) for p, _ in err.value.failures] == ["broken.jpg"]
+    assert "Corrupt JPEG" not in capfd.readouterr().err   # libjpeg's own warnings are silenced
     with pytest.warns(UserWarning, match=r"skipping 1 unreadable.*broken\.jpg"):
         ds = folder_ds(root, batch_size=4, skip_corrupt=True)
     assert ds.num_examples == 6
@@ -237,6 +240,9 @@ def toy_ds(data_dir, **kw):
 def test_tfds_prepared_dataset_eval_sharding_and_resumption(toy_tfds):
     with pytest.raises(ValueError, match=r"which feature is the image.*'picture', 'mask'.*image_key"):
         toy_ds(toy_tfds, image_key=None)
+    with pytest.raises(ValueError, match=r"has no split 'test'; it has: train \(slices such as 'train\[90%:\]'"):
+        make_dataset("tfds:tl_jax_toy_images", "test", batch_size=4, train=False, preprocessing=RAW, image_size=16,
+                     data_dir=toy_tfds, image_key="picture", **ONE)
     ev = [list(toy_ds(toy_tfds, train=False, process_index=p, process_count=2)) for p in range(2)]
     assert len(ev[0]) == len(ev[1]) == 6                               # shards of 12 and 11, batches of 2
     seen = [[i for b in bs for i in ids(b) if i >= 0] for bs in ev]

@@ -8,8 +8,9 @@ import optax
 import pytest
 
 from tl_jax import models
-from tl_jax.freeze import FROZEN, TRAINABLE, FreezeSpec, leaf_paths, path_str
-from tl_jax.optim import OptimConfig, make_optimizer, transfer_opt_state, tree_bytes
+from tl_jax.freeze import FROZEN, TRAINABLE, FreezeSpec
+from tl_jax.optim import OptimConfig, make_optimizer, transfer_opt_state
+from tl_jax.tree import leaf_paths, num_bytes, path_str
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,8 @@ def test_depth_freezes_the_first_stages(resnet18_shapes, depth):
     for path, label in _flat_labels(spec, variables["params"]).items():
         stage = model.stage_names.index(path.split("/")[0])
         assert label == (FROZEN if stage < depth else TRAINABLE), path
-    # One source of truth: the model gets the same depth as the optimizer labels.
-    assert spec.apply_to(model).frozen_depth == depth == spec.model_kwargs()["frozen_depth"]
+    # One source of truth: the model the loop trains gets the spec's depth.
+    assert model.for_training(spec.frozen_depth, None).frozen_depth == depth
 
 
 def test_depth_bounds_and_linear_probe(resnet18_shapes):
@@ -84,7 +85,7 @@ def test_optimizer_state_holds_only_trainable_leaves(resnet18_shapes, name, slot
         tx = make_optimizer(OptimConfig(name=name, weight_decay=1e-4, grad_clip_norm=1.0), spec, params, 100)
         state = jax.eval_shape(tx.init, params)
         scalars = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if x.ndim == 0)
-        sizes[depth] = tree_bytes(state)
+        sizes[depth] = num_bytes(state)
         assert sizes[depth] - scalars == slots * _bytes_where(params, spec, frozen=False)
     print(f"\n{name} optimizer state bytes by frozen depth (resnet18, 10 classes):", sizes)
     assert all(sizes[d] > sizes[d + 1] for d in range(5))

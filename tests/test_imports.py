@@ -1,10 +1,12 @@
-"""The core must import without TensorFlow, tfds or ml_collections (the GPU machine has none of them)."""
+"""The core and the benchmark import without TensorFlow, tfds or ml_collections (the GPU machine has none)."""
 import subprocess
 import sys
 
-CORE = ["tl_jax", "tl_jax.models", "tl_jax.weights.convert", "tl_jax.weights.keras", "tl_jax.weights.store",
-        "tl_jax.preprocess", "tl_jax.freeze", "tl_jax.optim", "tl_jax.step", "tl_jax.parallel",
-        "tl_jax.checkpoint", "tl_jax.loop", "tl_jax.data"]
+CORE = ["tl_jax", "tl_jax.tree", "tl_jax.models", "tl_jax.weights.convert", "tl_jax.weights.keras",
+        "tl_jax.weights.store", "tl_jax.weights.importer", "tl_jax.preprocess", "tl_jax.freeze", "tl_jax.optim",
+        "tl_jax.step", "tl_jax.parallel", "tl_jax.checkpoint", "tl_jax.loop", "tl_jax.data",
+        # what the GPU benchmark imports (that machine has no TensorFlow, tfds or ml_collections)
+        "tl_jax.experiment.cli", "tl_jax.bench.step", "tl_jax.bench.torch_peer"]
 
 
 def test_core_imports_without_tensorflow():

@@ -19,6 +19,7 @@ import pytest
 import references as R
 from tl_jax import load_pretrained, preprocess
 from tl_jax.models import registry
+from tl_jax.weights import importer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = R.PARITY_TOL
@@ -48,8 +49,7 @@ def ours(model, variables, x):
 def convert_and_load(arch, source, path, tmp_path, convert_fn):
     if arch == CLI_ARCH:
         out = tmp_path / f"{arch}_{source}"
-        assert R.load_convert_cli().main(["--arch", arch, "--source", source, "--input", str(path),
-                                "--output", str(out)]) == 0
+        assert importer.convert_weights(arch, source, out, path)["num_classes"] == 1000
         model, variables, metadata = load_pretrained(out)
         assert (metadata["arch"], metadata["source"], metadata["num_classes"]) == (arch, source, 1000)
         return model, variables

@@ -64,8 +64,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def _tree(v: float):
-    return {"step": jnp.asarray(0), "params": {"w": jnp.full((3,), float(v), jnp.float32)}, "batch_stats": {},
-            "opt_state": {}, "rng": jax.random.PRNGKey(0)}
+    return {"params": {"w": jnp.full((3,), float(v), jnp.float32)}, "batch_stats": {},
+            "progress": {"step": jnp.asarray(0), "rng": jax.random.PRNGKey(0)}}
 
 
 def test_keeps_last_n_plus_best(tmp_path):
@@ -78,7 +78,7 @@ def test_keeps_last_n_plus_best(tmp_path):
         assert ckpt.all_steps() == [2, 6, 7]
         assert ckpt.best_step() == 2
         step, items, meta = ckpt.restore(_tree(0))
-        assert step == 7 and meta == {"data_position": 7}
+        assert step == 7 and meta["data_position"] == 7
         np.testing.assert_array_equal(items["params"]["w"], 7.0)
 
 
@@ -89,7 +89,7 @@ def test_incomplete_and_unreadable_checkpoints_are_skipped(tmp_path):
     # A save killed midway leaves only orbax's temporary folder: not a step.
     (tmp_path / "8.orbax-checkpoint-tmp-1234567").mkdir()
     # A listed step whose array data is gone.
-    for root, _, files in os.walk(tmp_path / "6" / "state"):
+    for root, _, files in os.walk(tmp_path / "6" / "params"):
         for f in files:
             os.remove(os.path.join(root, f))
     with Checkpointer(tmp_path, keep=5, best_metric=None) as ckpt:
@@ -107,12 +107,31 @@ def test_incomplete_and_unreadable_checkpoints_are_skipped(tmp_path):
             ckpt.restore({**_tree(0), "params": {"w": jnp.zeros((3,)), "extra": jnp.zeros(())}})
 
 
+def test_items_restore_alone_and_the_format_is_checked(tmp_path):
+    """Evaluation reads params alone; a checkpoint of another layout is refused by name."""
+    import orbax.checkpoint as ocp
+
+    with Checkpointer(tmp_path, keep=5, best_metric=None) as ckpt:
+        ckpt.save(1, {**_tree(1.5), "opt_state": {"mu": jnp.ones(3)}}, {"data_position": 1})
+    with Checkpointer(tmp_path, keep=5, best_metric=None) as ckpt:
+        step, items, meta = ckpt.restore({"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}})
+        assert step == 1 and set(items) == {"params"} and float(items["params"]["w"][0]) == 1.5
+        assert meta["items"] == ["opt_state", "params", "progress"]   # batch_stats was empty: not written
+        # A format-1 checkpoint (one "state" item, no format field in meta).
+        ckpt.manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": jnp.ones(3)}),
+                                                     meta=ocp.args.JsonSave({"data_position": 2})))
+        ckpt.wait()
+        with pytest.raises(ValueError, match="has format 1, this tl_jax reads format 2"):
+            ckpt.restore({"params": {"w": jnp.zeros(3)}})
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from engine_worker import random_variables
     from tl_jax import models
     from tl_jax.freeze import FreezeSpec
-    from tl_jax.loop import fit
+    from tl_jax.loop import Cadence, Setup, fit
+    from tl_jax.optim import OptimConfig
 
     model = models.create("resnet18", "torchvision", num_classes=10)
     variables = random_variables(model, 32)
@@ -126,12 +145,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
             yield {"image": image, "label": np.arange(4, dtype=np.int32)}
 
     records = []
+    setup = Setup(model=model, variables=variables, freeze=FreezeSpec(model.stage_names, -1),
+                  optim=OptimConfig(learning_rate=0.01), num_steps=20, train_data=data,
+                  cadence=Cadence(log_every=10, checkpoint_every=2))
     with pytest.raises(FloatingPointError, match="at step 5"):
-        fit(model, variables, freeze=FreezeSpec(model.stage_names, -1), optim={"learning_rate": 0.01},
-            train_data=data, num_steps=20, checkpoint_every=2, log_every=10, workdir=str(tmp_path),
-            log_fn=records.append)
+        fit(setup, str(tmp_path), log=records.append)
     with Checkpointer(tmp_path / "checkpoints") as ckpt:
         assert ckpt.all_steps() == [2, 4]
-        step, items, _ = ckpt.restore(None)            # as saved, no target needed
+        step, items, _ = ckpt.restore({"params": variables["params"]})     # the parameters alone
     assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(items["params"]))
+    assert set(items) == {"params"}
     assert records[0]["event"] == "start"

@@ -10,8 +10,9 @@ import pytest
 
 from engine_worker import random_variables
 from tl_jax import models
-from tl_jax.freeze import FreezeSpec, path_str
-from tl_jax.optim import OptimConfig, make_optimizer, tree_bytes
+from tl_jax.freeze import FreezeSpec
+from tl_jax.optim import OptimConfig, make_optimizer
+from tl_jax.tree import num_bytes, path_str
 from tl_jax.step import TrainState, cross_entropy, eval_step, summarize_eval, train_step
 
 SIZE, BATCH, CLASSES = 32, 4, 10
@@ -31,7 +32,7 @@ def _setup(arch: str, spec_kw: dict, abstract: bool = False, **model_kw):
     """(spec, state, jitted step without donation) for ``arch`` frozen as ``spec_kw`` says."""
     base = models.create(arch, "torchvision", num_classes=CLASSES, **model_kw)
     spec = FreezeSpec(base.stage_names, **spec_kw)
-    model = spec.apply_to(base)
+    model = base.for_training(spec.frozen_depth, None)
     variables = _variables(arch)
     tx = make_optimizer(OptimConfig(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=1e-4),
                         spec, variables["params"], 100)
@@ -80,9 +81,9 @@ def test_frozen_leaves_and_stats_bit_identical(arch, depth):
     assert np.isfinite(float(metrics["loss"]))
     _check_frozen_exact(spec, params0, state.params, stats0, state.batch_stats)
     trainable = sum(x.nbytes for p, x in _flat(params0).items() if not spec.is_frozen(p))
-    opt_bytes = tree_bytes(state.opt_state)
+    opt_bytes = num_bytes(state.opt_state)
     print(f"\n{arch} frozen_depth={depth}: optimizer state {opt_bytes:,} B, trainable params {trainable:,} B, "
-          f"all params {tree_bytes(state.params):,} B")
+          f"all params {num_bytes(state.params):,} B")
     assert trainable <= opt_bytes <= trainable + 64   # one momentum slot per trainable leaf, plus counters
     if arch == "vgg11" and depth < 6:   # the classifier trains with dropout, keyed by (state.rng, step)
         _, a = step(state, _batch())
@@ -117,7 +118,7 @@ def test_regex_freezing_inside_a_trainable_stage():
 @pytest.mark.slow
 def test_bf16_compute_keeps_float32_params_stats_and_loss():
     spec, state, step = _setup("resnet18", {"frozen_depth": 4}, dtype=jnp.bfloat16)
-    model32 = spec.apply_to(models.create("resnet18", "torchvision", num_classes=CLASSES))
+    model32 = models.create("resnet18", "torchvision", num_classes=CLASSES).for_training(spec.frozen_depth, None)
     logits32, _ = jax.jit(functools.partial(model32.apply, train=True, mutable=["batch_stats"]))(
         state.variables, _batch()["image"])
     loss32 = float(cross_entropy(logits32, _batch()["label"]).mean())
@@ -132,7 +133,7 @@ def test_eval_step_sums_exactly_over_the_mask():
     spec, state, _ = _setup("resnet18", {"frozen_depth": 5})
     batch = _batch(7, n=6)
     batch["mask"] = np.array([1, 1, 0, 1, 1, 0], np.float32)
-    sums = jax.jit(eval_step)(state, batch)
+    sums = jax.jit(functools.partial(eval_step, apply_fn=state.apply_fn))(state.variables, batch)
     logits = np.asarray(state.apply_fn(state.variables, batch["image"][batch["mask"] > 0]), np.float64)
     labels = batch["label"][batch["mask"] > 0]
     logp = logits - logits.max(1, keepdims=True)

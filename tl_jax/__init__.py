@@ -1,14 +1,10 @@
-"""tl_jax: transfer learning of ImageNet CNNs in JAX/Flax."""
+"""tl_jax: transfer learning of ImageNet CNNs in JAX/Flax.
+
+``create(arch, source, ...)`` builds a Flax port, ``available()`` lists the (arch, source)
+pairs, ``load_pretrained(dir, num_classes)`` reads converted weights with a new head and
+``save_pretrained(dir, variables, metadata)`` writes them.
+"""
 from tl_jax.models import available, create
+from tl_jax.weights.store import load_pretrained, save_pretrained
 
-create_model = create
-
-__all__ = ["available", "create", "create_model", "load_pretrained"]
-
-
-def __getattr__(name: str):
-    # Lazy: the store pulls in orbax, which `import tl_jax` should not pay for.
-    if name == "load_pretrained":
-        from tl_jax.weights.store import load_pretrained
-        return load_pretrained
-    raise AttributeError(f"module 'tl_jax' has no attribute {name!r}")
+__all__ = ["available", "create", "load_pretrained", "save_pretrained"]

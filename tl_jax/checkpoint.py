@@ -1,25 +1,34 @@
-"""Checkpoints with orbax: asynchronous saves, keep the last N plus the best, resume exactly.
+"""Checkpoints with orbax: separate items, asynchronous saves, keep the last N plus the best.
 
-A checkpoint holds the array state (step, params, batch_stats, opt_state, rng) and a
-JSON ``meta`` dict (the data iterator position and anything else the loop needs to
-resume deterministically). Orbax writes each step into a temporary folder and
-renames it when complete, so a run killed mid-save leaves a folder that is not
-listed as a step. A listed step that cannot be read (damaged files) is skipped with
-a warning in favour of the previous one; when the resumed run saves that step again
-the damaged folder is first renamed ``<step>.unreadable`` (kept for inspection). If no
-listed step can be read at all (e.g. a changed model or freeze configuration) restore
-raises instead of silently starting over.
+A checkpoint step holds named array items (a training run writes ``params``, ``batch_stats``,
+``opt_state`` and ``progress`` = step and rng) and a JSON ``meta`` dict (the format version,
+the items written, the data position). Items are restored independently: evaluation,
+prediction and export read ``params`` and ``batch_stats`` only, so they need no optimizer and
+keep working when the optimizer configuration changes.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a run killed
+mid-save leaves a folder that is not listed as a step. A listed step that cannot be read
+(damaged files) is skipped with a warning in favour of the previous one; when the resumed run
+saves that step again the damaged folder is first renamed ``<step>.unreadable``. If no listed
+step can be read at all (e.g. a changed model) restore raises instead of silently starting over.
 """
 from __future__ import annotations
 
 import logging
 import os
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+
+FORMAT = 2          # 1: one "state" item holding a whole TrainState (tl_jax before the item split)
+META = "meta"
+
+
+class FormatError(ValueError):
+    """A checkpoint written by another version of tl_jax's checkpoint layout."""
 
 
 class _QuietUntrackedSaves(logging.Filter):
@@ -31,13 +40,6 @@ class _QuietUntrackedSaves(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
-
-STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
-
-
-def state_items(state: Any) -> dict[str, Any]:
-    """The checkpointed pytree of a ``TrainState`` (static fields excluded)."""
-    return {k: getattr(state, k) for k in STATE_FIELDS}
 
 
 def abstract_like(tree: Any, sharding: Any = None) -> Any:
@@ -82,44 +84,47 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-        """Start saving ``state`` (a TrainState or its items) at ``step``. With ``metrics`` (eval
-        results at this step) the checkpoint competes for best."""
-        items = state_items(state) if hasattr(state, "opt_state") else state
+    def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any],
+             metrics: Mapping[str, float] | None = None) -> None:
+        """Start saving the array ``items`` (name -> pytree) and ``meta`` at ``step``. Items without
+        leaves are not written (orbax refuses them). With ``metrics`` (eval results at this step)
+        the checkpoint competes for best."""
+        written = {k: v for k, v in items.items() if jax.tree.leaves(v)}
         if int(step) in self._unreadable:
             self._set_aside(int(step))
         if metrics is not None and self.best_metric is not None and self.best_metric not in metrics:
             raise KeyError(f"best_metric {self.best_metric!r} not among eval metrics {sorted(metrics)}")
-        self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(items),
-                                                             meta=ocp.args.JsonSave(dict(meta))),
-                          metrics=None if metrics is None or self.best_metric is None else dict(metrics),
-                          force=True)
+        args = {k: ocp.args.StandardSave(v) for k, v in written.items()}
+        args[META] = ocp.args.JsonSave({**meta, "format": FORMAT, "items": sorted(written)})
+        self.manager.save(int(step), args=ocp.args.Composite(**args),
+                          metrics=None if metrics is None or self.best_metric is None else dict(metrics), force=True)
 
-    def restore(self, target: Any | Callable[[int], Any], step: int | None = None,
+    def restore(self, target: Mapping[str, Any] | Callable[[int], Mapping[str, Any]], step: int | None = None,
                 sharding: Any = None) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
-        """Restore the latest readable checkpoint (or ``step``): ``(step, state_items, meta)``, or None.
+        """Restore the items named in ``target`` from the latest readable step (or ``step``):
+        ``(step, items, meta)``, or None when there is no checkpoint.
 
-        ``target`` is a TrainState / items tree giving structure, shapes and placement, or a
-        function of the step returning one (the structure can depend on the step, e.g. the
-        optimizer partition under gradual unfreezing); ``None`` restores the arrays as saved
-        (plain containers, for inspection). ``sharding`` overrides the placement.
+        ``target`` maps item names to trees giving structure, shapes and placement (arrays or
+        ``ShapeDtypeStruct``), or is a function of the step returning that mapping (the structure
+        can depend on the step, e.g. the optimizer partition under gradual unfreezing). Items the
+        step did not write (they had no leaves) come back as the target's value. ``sharding``
+        overrides the placement.
         """
         self.manager.reload()
         steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         error = None
         for s in steps:
-            tgt = target(s) if callable(target) else target
-            items = state_items(tgt) if hasattr(tgt, "opt_state") else tgt
-            abstract = None if items is None else abstract_like(items, sharding)
             try:
-                out = self.manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                meta = self._meta(s)
+                tgt = target(s) if callable(target) else target
+                stored = {k: v for k, v in tgt.items() if k in meta["items"]}
+                args = {k: ocp.args.StandardRestore(abstract_like(v, sharding)) for k, v in stored.items()}
+                out = self.manager.restore(s, args=ocp.args.Composite(**args))
+            except FormatError:
+                raise
             except Exception as e:  # damaged (or incompatible): fall back to the previous one
                 if step is not None:
                     raise
@@ -128,12 +133,19 @@ class Checkpointer:
                 self._unreadable.add(s)
                 error = e
                 continue
-            return s, dict(out["state"]), dict(out["meta"])
+            return s, {**tgt, **{k: out[k] for k in stored}}, meta
         if error is not None:
-            raise RuntimeError(f"no checkpoint in {self.directory} could be restored (steps {steps}); "
-                               f"was the model or freeze configuration changed? Move them away to start "
-                               f"over. Last error: {error}") from error
+            raise RuntimeError(f"no checkpoint in {self.directory} could be restored (steps {steps}); was the "
+                               f"model or freeze configuration changed? Move them away to start over. "
+                               f"Last error: {error}") from error
         return None
+
+    def _meta(self, step: int) -> dict[str, Any]:
+        meta = dict(self.manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
+        if meta.get("format") != FORMAT:
+            raise FormatError(f"checkpoint step {step} in {self.directory} has format {meta.get('format', 1)}, this "
+                             f"tl_jax reads format {FORMAT}: train again, or evaluate it with the tl_jax that wrote it")
+        return meta
 
     def _set_aside(self, step: int) -> None:
         """Rename a damaged step folder so the step can be written again."""

@@ -1,10 +1,11 @@
 """What trains and how fast: one ``FreezeSpec`` gives the optimizer labels AND the model kwargs.
 
-Freezing has two halves that must agree (GUIDE section 3): the optimizer must hold
-no state for and apply no update to frozen leaves (``optax.partition`` with
-``set_to_zero``, built in ``tl_jax.optim``), and the model must run the BatchNorm
-of frozen stages on running averages and cut the gradient at the boundary (the
-model's own ``frozen_depth``). ``FreezeSpec`` is the single source of truth for both.
+Freezing has two halves that must agree: the optimizer must hold no state for and
+apply no update to frozen leaves (``optax.partition`` with ``set_to_zero``, built in
+``tl_jax.optim``; ``optax.masked(adam, trainable)`` alone would pass frozen leaves the raw
+gradient), and the model must run the BatchNorm of frozen stages on running averages
+and cut the gradient at the boundary (the model's own ``frozen_depth``, set through
+its ``for_training``). ``FreezeSpec`` is the single source of truth for both.
 
 Three ways to say what is frozen, combinable:
 
@@ -35,24 +36,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 
+from tl_jax.tree import leaf_paths, path_str
+
 FROZEN, TRAINABLE = "frozen", "trainable"
-
-
-def path_str(path: Sequence[Any]) -> str:
-    """'/'-joined key path of a pytree leaf (dict keys, attribute names or indices)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
-def leaf_paths(tree: Any) -> list[str]:
-    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _check_matches(patterns: Iterable[str], paths: list[str], what: str) -> None:
@@ -95,15 +81,6 @@ class FreezeSpec:
         return cls(tuple(stage_names), int(get("frozen_depth", 0)), tuple(get("patterns", ()) or ()),
                    tuple(tuple(x) for x in (get("lr_mults", ()) or ())),
                    int(get("unfreeze_every_steps", 0) or 0), int(get("unfreeze_until", 0) or 0))
-
-    # --- the model half ---------------------------------------------------
-    def model_kwargs(self) -> dict[str, int]:
-        """Keyword arguments for ``tl_jax.models.create`` / ``module.clone``."""
-        return {"frozen_depth": self.frozen_depth}
-
-    def apply_to(self, model: Any) -> Any:
-        """A copy of the Flax module with this spec's ``frozen_depth``."""
-        return model.clone(**self.model_kwargs())
 
     # --- gradual unfreezing -------------------------------------------------
     def depth_at(self, step: int) -> int:

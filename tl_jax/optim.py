@@ -1,6 +1,6 @@
 """The optax transformation for a ``FreezeSpec``: frozen leaves get ``set_to_zero`` and no state.
 
-Layout (GUIDE section 3 lists the traps this avoids)::
+Layout::
 
     partition({"trainable": chain(clip, [decay,] scale_by_{sgd,adam}, [decay,] lr_mults, -lr schedule),
                "frozen":    set_to_zero()},
@@ -8,7 +8,9 @@ Layout (GUIDE section 3 lists the traps this avoids)::
 
 Everything that reads gradients (global-norm clipping, weight decay, the moments)
 lives inside the trainable branch, so it sees only trainable leaves: frozen leaves
-hold no optimizer state and their gradients are dead code that XLA removes.
+hold no optimizer state and their gradients are dead code that XLA removes. (A
+``clip_by_global_norm`` before the partition, or ``chain(adam, masked(set_to_zero))``,
+would read every gradient and keep the full backward pass alive.)
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax.freeze import FROZEN, TRAINABLE, FreezeSpec, path_str
+from tl_jax.freeze import FROZEN, TRAINABLE, FreezeSpec
+from tl_jax.tree import path_str
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -113,11 +116,6 @@ def make_optimizer(cfg: OptimConfig | Mapping[str, Any], spec: FreezeSpec, param
     labels = spec.labels(params)
     return optax.partition({TRAINABLE: trainable_transform(cfg, spec, total_steps),
                             FROZEN: optax.set_to_zero()}, labels)
-
-
-def tree_bytes(tree: Any) -> int:
-    """Total bytes of the array leaves of a pytree (e.g. the optimizer state)."""
-    return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
 
 
 def transfer_opt_state(old: Any, new: Any) -> Any:

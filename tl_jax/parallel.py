@@ -12,8 +12,10 @@ The step is written once with a named ``"data"`` axis. Two wrappers run it:
 
 The state is donated in every wrapper. Trainable BatchNorm syncs its batch
 statistics across the axis when the model has ``bn_axis_name="data"``
-(``DataParallel.model`` sets it when ``sync_bn``); without sync the new running
+(``DataParallel.bn_axis_name`` when ``sync_bn``); without sync the new running
 statistics are averaged across devices after the step so replicas stay identical.
+``DataParallel`` owns every layout decision (stacked copies under pmap, global arrays
+under shard_map): callers put and get states, batches and metrics through it.
 """
 from __future__ import annotations
 
@@ -127,19 +129,26 @@ class DataParallel:
             return None
         return AXIS
 
-    def model(self, model: Any) -> Any:
-        """The module with ``bn_axis_name`` matching this wrapper (``"data"`` when syncing BN)."""
-        return model.clone(bn_axis_name=AXIS if self.sync_bn and self.axis_name else None)
+    @property
+    def bn_axis_name(self) -> str | None:
+        """The models' ``bn_axis_name`` under this wrapper: ``"data"`` when trainable BatchNorm syncs."""
+        return AXIS if self.sync_bn and self.axis_name else None
 
     # --- layouts --------------------------------------------------------------
-    def put_state(self, state: step_lib.TrainState) -> step_lib.TrainState:
+    def put_state(self, state: Any) -> Any:
+        """A state (or variables) in this wrapper's layout, from host values or replicated global arrays."""
         if self.kind == "pmap":
             return jax.device_put(stack_replicas(state, self.num_devices), NamedSharding(self.mesh, P(AXIS)))
         return replicate(state, self.mesh)
 
-    def get_state(self, state: step_lib.TrainState) -> step_lib.TrainState:
-        """The state as one logical copy (global arrays; what checkpoints and eval take)."""
-        return unstack_replica(state) if self.kind == "pmap" else state
+    def get(self, tree: Any) -> Any:
+        """One logical copy of a state or of step outputs (under pmap: the first replica)."""
+        return unstack_replica(tree) if self.kind == "pmap" else tree
+
+    def global_batch_size(self, batch: dict[str, Any]) -> int:
+        """Examples in a batch laid out by ``put_batch`` (all devices, all processes)."""
+        shape = batch["label"].shape
+        return int(shape[0] * shape[1]) if self.kind == "pmap" else int(shape[0])
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         if self.kind == "pmap":
@@ -147,7 +156,7 @@ class DataParallel:
         return shard_batch(batch, self.mesh)
 
     def state_sharding(self) -> NamedSharding:
-        """Where ``get_state`` leaves live (for restoring checkpoints)."""
+        """Where ``get`` leaves live (for restoring checkpoints)."""
         return NamedSharding(self.mesh, P())
 
     # --- steps -----------------------------------------------------------------
@@ -158,9 +167,10 @@ class DataParallel:
                                axis_name=self.axis_name, pmean_stats=not self.sync_bn)
         return self._wrap(fn, donate=True)
 
-    def eval_step(self) -> Callable[[step_lib.TrainState, Any], dict]:
-        """Compiled ``(state, batch) -> sums`` (see ``step.eval_step``); replicated outputs."""
-        return self._wrap(functools.partial(step_lib.eval_step, axis_name=self.axis_name), donate=False)
+    def eval_step(self, apply_fn: Callable) -> Callable[[Any, Any], dict]:
+        """Compiled ``(variables, batch) -> sums`` (see ``step.eval_step``); replicated outputs."""
+        return self._wrap(functools.partial(step_lib.eval_step, apply_fn=apply_fn, axis_name=self.axis_name),
+                          donate=False)
 
     def _wrap(self, fn: Callable, donate: bool) -> Callable:
         donate_argnums = (0,) if donate else ()

@@ -38,12 +38,12 @@ class PreprocessSpec:
         return dataclasses.asdict(self)
 
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SPECS: dict[str, PreprocessSpec] = {s.name: s for s in (
-    PreprocessSpec("torchvision", "RGB", 255.0, _IMAGENET_MEAN, _IMAGENET_STD, 256, 224),
-    PreprocessSpec("torchvision_inception", "RGB", 255.0, _IMAGENET_MEAN, _IMAGENET_STD, 342, 299),
+    PreprocessSpec("torchvision", "RGB", 255.0, IMAGENET_MEAN, IMAGENET_STD, 256, 224),
+    PreprocessSpec("torchvision_inception", "RGB", 255.0, IMAGENET_MEAN, IMAGENET_STD, 342, 299),
     PreprocessSpec("caffe", "BGR", 1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 256, 224),
     PreprocessSpec("tf", "RGB", 127.5, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), 342, 299),
 )}

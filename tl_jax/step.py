@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax.freeze import path_str
+from tl_jax.tree import path_str
 
 Batch = dict[str, jax.Array]
 
@@ -95,10 +95,13 @@ def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0,
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) -> dict[str, jax.Array]:
+def eval_step(variables: Any, batch: Batch, *, apply_fn: Callable, axis_name: str | None = None,
+              ) -> dict[str, jax.Array]:
     """Sums over ``batch["mask"]`` (padding excluded) for exact evaluation:
-    ``loss_sum``, ``correct1``, ``correct5``, ``count``. Divide after summing over batches."""
-    logits = state.apply_fn(state.variables, batch["image"], train=False)
+    ``loss_sum``, ``correct1``, ``correct5``, ``count``. Divide after summing over batches.
+
+    Takes the variables alone (``params``, ``batch_stats``): evaluating needs no optimizer."""
+    logits = apply_fn(variables, batch["image"], train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32)).astype(jnp.float32)
     top1, top5 = _correct(logits, batch["label"])
     sums = {"loss_sum": (cross_entropy(logits, batch["label"]) * mask).sum(), "correct1": (top1 * mask).sum(),

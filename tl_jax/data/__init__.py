@@ -13,7 +13,8 @@ One entry point::
         batch["mask"]                          # 1.0 for real examples, 0.0 for padding
 
 Sources: ``"tfds:<name>"`` (any TFDS image-classification dataset, e.g. ``tfds:oxford_iiit_pet``),
-``"folder:<path>"`` (one subfolder per class, JPEG/PNG), ``"synthetic"`` and ``"digits"``.
+``"folder:<path>"`` (one subfolder per class, JPEG/PNG), ``"synthetic"``, ``"digits"`` (scikit-learn's
+8x8 handwritten digits) and ``"glyphs"`` (printed characters, ``tl_jax.data.glyphs``).
 TensorFlow is imported only when a TFDS or folder dataset is iterated (never by ``import
 tl_jax``) and is kept off the GPUs; synthetic and digits do not need it.
 """
@@ -22,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from tl_jax.data import digits, folder, glyphs, synthetic, tfds_source
+from tl_jax.data.folder import UnreadableImagesError
 from tl_jax.data.pipeline import Batch, Context, Dataset, Source, make_context
 from tl_jax.data.prefetch import Prefetcher, prefetch
 from tl_jax.data.transform import Transform, make_transform
 
-SOURCES = ("tfds:<name>", "folder:<path>", "synthetic", "digits")
+SOURCES = ("tfds:<name>", "folder:<path>", "synthetic", "digits", "glyphs")
 
 
 def load_source(source: str, split: str = "train", *, image_size: int | None = None,
@@ -35,23 +38,17 @@ def load_source(source: str, split: str = "train", *, image_size: int | None = N
     """The :class:`Source` named by ``source`` (see :func:`make_dataset` for the arguments)."""
     kind, _, arg = source.partition(":")
     if kind == "tfds" and arg:
-        from tl_jax.data import tfds_source
-
         return tfds_source.load(arg, split, data_dir=data_dir or None, **options)
     if kind == "folder" and arg:
-        from tl_jax.data import folder
-
         return folder.load(arg, split, num_threads=num_threads, skip_corrupt=skip_corrupt, **options)
     if source == "synthetic":
-        from tl_jax.data import synthetic
-
         if not image_size:
             raise ValueError("the synthetic source needs image_size")
         return synthetic.load(split, image_size=image_size, **options)
     if source == "digits":
-        from tl_jax.data import digits
-
-        return digits.load(split, **options)
+        return digits.load(split, size=image_size or 32, **options)
+    if source == "glyphs":
+        return glyphs.load(split, size=image_size or 8, **options)
     raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
 
 
@@ -101,5 +98,5 @@ def make_dataset(source: str, split: str = "train", *, batch_size: int, train: b
     return Dataset(src, ctx, prefetch=prefetch)
 
 
-__all__ = ["Batch", "Context", "Dataset", "Prefetcher", "SOURCES", "Source", "Transform", "load_source",
-           "make_dataset", "make_transform", "prefetch"]
+__all__ = ["Batch", "Context", "Dataset", "Prefetcher", "SOURCES", "Source", "Transform", "UnreadableImagesError",
+           "load_source", "make_dataset", "make_transform", "prefetch"]

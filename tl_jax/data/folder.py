@@ -4,9 +4,10 @@ Class names are the sorted subfolder names. The file list is sorted, then shuffl
 ``split_seed`` (fixed, independent of the training seed), then sliced by the split string,
 so ``train[:90%]`` and ``train[90%:]`` of one folder are disjoint and stable across runs.
 
-An unreadable image stops the pipeline with an error that names the file; with
-``skip_corrupt=True`` every file of the split is test-decoded up front (in parallel, JPEGs at
-1/8 scale) and the unreadable ones are left out with a warning.
+Every file of the split is test-decoded when the split is loaded (in parallel, JPEGs at 1/8
+scale: about a second per few thousand photos), so an unreadable image fails in seconds with
+its path, not when training reaches it: :class:`UnreadableImagesError`, or with
+``skip_corrupt=True`` a warning and the file left out.
 """
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ def scan(root: str) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
     return paths, np.asarray(labels, np.int32), classes
 
 
+class UnreadableImagesError(ValueError):
+    """Images of a folder that cannot be decoded; ``hint`` names the way to skip them."""
+
+    def __init__(self, root: str, failures: list[tuple[str, str]], hint: str = "skip_corrupt=True"):
+        self.root, self.failures, self.hint = root, failures, hint
+        shown = "; ".join(f"{p} ({why})" for p, why in failures[:3])
+        more = f" and {len(failures) - 3} more" if len(failures) > 3 else ""
+        super().__init__(f"{len(failures)} unreadable image(s) in {root}: {shown}{more}. Remove or replace them, "
+                         f"or pass {hint} to skip them with a warning")
+
+
 class FolderSource(IndexedSource):
     """Image files decoded and augmented by tf.data, in the order the index plan gives."""
 
@@ -84,20 +96,12 @@ class FolderSource(IndexedSource):
             yield make_batch(images, labels, ctx)
 
     def _unreadable(self, indices: np.ndarray, error: Exception) -> Exception:
-        """The error to raise when a batch failed: name the files that TensorFlow cannot decode."""
-        tf = tf_ops._tf()
-        bad = []
-        for i in indices:
-            path = str(self.paths[i])
-            try:
-                tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            except tf.errors.OpError as e:
-                bad.append(f"{path} ({e.message.splitlines()[0] if e.message else type(e).__name__})")
-        if not bad:
-            files = ", ".join(str(self.paths[i]) for i in indices)
-            return RuntimeError(f"{self.name}: reading a batch failed ({error}); its files: {files}")
-        return ValueError(f"{self.name}: cannot read image {'; '.join(bad)}. Remove or replace it, or pass "
-                          "skip_corrupt=True to skip unreadable images with a warning.")
+        """The error to raise when a batch failed (a file changed after the check at load): name it."""
+        paths = [str(self.paths[i]) for i in indices]
+        errors = tf_ops.decode_errors(paths, 1)
+        if not errors:
+            return RuntimeError(f"{self.name}: reading a batch failed ({error}); its files: {', '.join(paths)}")
+        return UnreadableImagesError(self.name, sorted(errors.items()))
 
 
 def load(path: str, split: str = "train", *, split_seed: int = 0, skip_corrupt: bool = False,
@@ -120,13 +124,15 @@ def load(path: str, split: str = "train", *, split_seed: int = 0, skip_corrupt: 
     _, lo, hi = splits.slice_range(split, len(files))
     order = order[lo:hi]
     paths, labels = [files[i] for i in order], labels[order]
-    if skip_corrupt and paths:
-        ok = tf_ops.decodable(paths, num_threads or 1)
-        if not ok.all():
-            bad = [p for p, good in zip(paths, ok) if not good]
-            shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-            warnings.warn(f"skipping {len(bad)} unreadable image(s) in {root}: {shown}", stacklevel=2)
-            paths, labels = [p for p, good in zip(paths, ok) if good], labels[ok]
+    if paths:
+        errors = tf_ops.decode_errors(paths, num_threads or 1)
+        if errors:
+            if not skip_corrupt:
+                raise UnreadableImagesError(root, sorted(errors.items()))
+            shown = ", ".join(sorted(errors)[:10]) + (f" and {len(errors) - 10} more" if len(errors) > 10 else "")
+            warnings.warn(f"skipping {len(errors)} unreadable image(s) in {root}: {shown}", stacklevel=2)
+            keep = np.asarray([p not in errors for p in paths])
+            paths, labels = [p for p, good in zip(paths, keep) if good], labels[keep]
     if not paths:
         raise ValueError(f"split {split!r} of image folder {path!r} is empty")
     return FolderSource(f"folder:{path}", paths, labels, classes)

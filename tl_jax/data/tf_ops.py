@@ -9,9 +9,11 @@ the prefetch depth, or the step a run was restarted at.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -37,12 +39,17 @@ def _load_triton_first() -> None:
 
 
 def _tf():
-    """TensorFlow, imported once and kept off every GPU."""
+    """TensorFlow, imported once and kept off every GPU.
+
+    Its import prints C++ INFO lines (oneDNN notices, twice) before its logging can be configured;
+    they are silenced. Python errors of the import still show.
+    """
     global _TF
     if _TF is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         _load_triton_first()
-        import tensorflow as tf
+        with _quiet_stderr():
+            import tensorflow as tf
 
         try:
             tf.config.set_visible_devices([], "GPU")
@@ -56,7 +63,8 @@ def _tf():
 
 def _tfds():
     _tf()
-    import tensorflow_datasets as tfds
+    with _quiet_stderr():
+        import tensorflow_datasets as tfds
 
     return tfds
 
@@ -180,11 +188,13 @@ def batched(ds: Any, t: Any, seed: int, local_batch: int, num_threads: int, read
     return ds.prefetch(2).with_options(options(num_threads))
 
 
-def decodable(paths: list[str], num_threads: int) -> np.ndarray:
-    """Which files TensorFlow can decode (a boolean per path), checked in parallel.
+def decode_errors(paths: list[str], num_threads: int) -> dict[str, str]:
+    """``{path: reason}`` for the files TensorFlow cannot decode, checked in parallel.
 
     JPEGs are decoded at 1/8 scale: every compressed byte is still read, so truncated or
-    garbled files fail as they would at full size, at a fraction of the cost.
+    garbled files fail as they would at full size, at a fraction of the cost. libjpeg's own
+    warnings ("Corrupt JPEG data: ...") go to the C stderr; they are silenced here because the
+    reason is returned.
     """
     tf = _tf()
 
@@ -197,6 +207,29 @@ def decodable(paths: list[str], num_threads: int) -> np.ndarray:
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), np.asarray(paths, dtype=object)))
     ds = ds.map(check, num_parallel_calls=num_threads, deterministic=True).ignore_errors()
     ok = np.zeros(len(paths), bool)
-    for i, _ in ds.with_options(options(num_threads)).as_numpy_iterator():
-        ok[i] = True
-    return ok
+    with _quiet_stderr():
+        for i, _ in ds.with_options(options(num_threads)).as_numpy_iterator():
+            ok[i] = True
+        return {p: _reason(tf, p) for p, good in zip(paths, ok) if not good}
+
+
+def _reason(tf: Any, path: str) -> str:
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except tf.errors.OpError as e:
+        return (e.message or type(e).__name__).splitlines()[0]
+    return "not decodable at reduced size"
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null (C libraries print there, bypassing ``sys.stderr``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

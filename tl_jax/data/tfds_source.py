@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from tl_jax.data import tf_ops
+from tl_jax.data import splits, tf_ops
 from tl_jax.data.pipeline import Batch, Context, Source, make_batch
 
 
@@ -87,6 +87,15 @@ def _pick(features: Any, kind: type, preferred: str, what: str, override: str | 
                      f"pass {what}_key=<feature name>")
 
 
+def _check_split(name: str, split: str, builder: Any) -> None:
+    """Refuse a split the dataset does not have, naming the ones it has (TFDS would raise deep in tf.data)."""
+    base = splits.parse(split)[0]
+    known = sorted(builder.info.splits.keys())
+    if known and base not in known:
+        raise ValueError(f"{name} has no split {base!r}; it has: {', '.join(known)} (slices such as "
+                         f"'{known[0]}[90%:]' hold out part of one)")
+
+
 class TFDSSource(Source):
     """One split of a TFDS dataset, read sequentially per process shard."""
 
@@ -98,6 +107,7 @@ class TFDSSource(Source):
         self.image_key = _pick(features, tfds.features.Image, "image", "image", image_key, name)
         self.label_key = _pick(features, tfds.features.ClassLabel, "label", "label", label_key, name)
         self.name, self.split, self.shuffle_buffer = f"tfds:{name}", split, int(shuffle_buffer)
+        _check_split(self.name, split, self._builder)
         self.class_names = tuple(features[self.label_key].names)
         self._sizes: dict[str, int] = {}
         self.num_examples = self._size(split)

@@ -1,37 +1,132 @@
-"""Command-line helpers shared by the scripts."""
+"""What every script shares: absl flag parsing, one-line errors and documented exit codes.
+
+Exit codes: 0 done; 1 the command was valid but running it failed (a missing or unreadable file,
+an unprepared dataset, a non-finite loss, ...); 2 the command line is wrong (an unknown flag,
+config field or value); 130 interrupted with Ctrl-C (a training run resumes from its last
+checkpoint when the same command is run again). ``--help`` prints the script's usage and flags
+and exits 0; ``--traceback`` shows the full traceback of an error instead of one line.
+"""
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+from absl import app, flags, logging
+
+from tl_jax.experiment.config import ConfigError, field_hint, load_config
+
+FAILURE, USAGE, INTERRUPTED = 1, 2, 130
+_HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "on an error, show the full traceback instead of one line")
 
 
-# --------------------------------------------------------------------------- command lines
-def main_with_clean_errors(main):
-    """Wrap a script's ``main``: a missing file (weights, run, image) is one line, not a traceback."""
-    def wrapped(argv):
-        try:
-            return main(argv)
-        except FileNotFoundError as e:
-            sys.exit(f"{os.path.basename(sys.argv[0])}: {e}")
-    return wrapped
+class UsageError(ValueError):
+    """A command line no run can use (exit code 2)."""
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """``absl.app.run(main)`` with the exit codes and one-line errors above."""
+    app.run(_guarded(main), flags_parser=parse_flags)
+
+
+def fail(message: Any, code: int = FAILURE) -> NoReturn:
+    """Print ``<script>: error: <message>`` as one line on stderr and exit with ``code``."""
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip()).replace(":;", ":")
+    print(f"{os.path.basename(sys.argv[0])}: error: {text}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl ``flags_parser`` for the scripts: a bad ``--config.x=y`` exits with one clear line.
-
-    ml_collections raises AttributeError (with a "did you mean" hint) for an unknown field of a
-    locked config, which absl would show as a traceback.
-    """
-    from absl import flags, logging
-
+    """absl flag parsing where a wrong flag or ``--config.x=y`` is one line (exit 2) and help exits 0."""
+    if any(a in _HELP for a in argv[1:]):
+        doc = (sys.modules["__main__"].__doc__ or "").strip()
+        full = "--helpfull" in argv
+        try:
+            print(f"{doc}\n\nflags:\n{flags.FLAGS.get_help() if full else flags.FLAGS.main_module_help()}")
+            sys.stdout.flush()
+        except BrokenPipeError:   # `--help | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     try:
         rest = flags.FLAGS(argv)
-        if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-            logging.set_verbosity(logging.WARNING)
-        return rest
     except flags.Error as e:
-        sys.exit(f"{os.path.basename(argv[0])}: {e}\nPass --helpfull to see the flags.")
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        text = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace('\\"', '"')
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"{os.path.basename(argv[0])}: bad config override ({text}); overrides given: {' '.join(bad)}")
+        fail(f"{e}; pass --help to see the flags", USAGE)
+    except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:  # raised by a --config file or field
+        fail(_config_flag_error(argv, e), USAGE)
+    if not flags.FLAGS["verbosity"].present:  # orbax and absl log every checkpoint at INFO
+        logging.set_verbosity(logging.WARNING)
+    return rest
+
+
+def _config_flag_error(argv: Sequence[str], error: Exception) -> str:
+    """One line for a ``--config`` that does not load or a ``--config.x=y`` naming no field."""
+    text = str(error.args[0] if isinstance(error, AttributeError) and error.args else error)
+    text = text.strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    path = next((argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.split("=", 1)[1]
+                 for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")), None)
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if path is not None and isinstance(error, (AttributeError, KeyError)):
+        try:
+            config = load_config(path)
+        except Exception:  # noqa: BLE001 - the file itself is the problem; report the original error
+            return f"bad --config {path}: {text}"
+        bad = [k for k in overrides if not _has_field(config, k)]
+        if bad:
+            return f"the config has no field {bad[0]!r}{field_hint(config, bad[0])} (--config.{bad[0]})"
+    return f"bad --config ({text}); overrides given: {' '.join('--config.' + k for k in overrides)}"
+
+
+def _has_field(config: Any, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    """``main`` with its expected errors turned into one line and an exit code."""
+    def wrapped(argv: list[str]) -> Any:
+        if len(argv) > 1 and getattr(main, "takes_args", False) is False:
+            fail(f"unexpected arguments: {' '.join(argv[1:])}; pass --help to see the flags", USAGE)
+        try:
+            return main(argv)
+        except SystemExit:
+            raise
+        except BaseException as e:  # noqa: BLE001 - sorted below, re-raised with --traceback
+            if _TRACEBACK.value:
+                raise
+            if isinstance(e, KeyboardInterrupt):
+                fail("; ".join(getattr(e, "__notes__", ())) or "interrupted", INTERRUPTED)
+            if isinstance(e, (UsageError, ConfigError)):
+                fail(e, USAGE)
+            if isinstance(e, (OSError, ValueError, RuntimeError, FloatingPointError)):
+                fail(e, FAILURE)
+            raise
+    return wrapped
+
+
+def takes_args(main: Callable) -> Callable:
+    """Mark a ``main`` that accepts positional arguments (e.g. image files)."""
+    main.takes_args = True
+    return main
+
+
+def checkpoint_flag(value: str) -> str | int:
+    """``--checkpoint``: ``latest``, ``best`` or a step number."""
+    if value in ("latest", "best"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--checkpoint={value!r}: use latest, best or a step number") from None
+
+
+def int_list(values: Sequence[str], flag: str) -> list[int]:
+    """A list flag of integers (``--seeds=0,1,2``)."""
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UsageError(f"{flag}={','.join(values)}: expected integers such as 0,1,2") from None

@@ -7,9 +7,13 @@ import socket
 import sys
 import time
 import warnings
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import jax
+import tqdm
 
 from tl_jax.experiment.config import METRICS, TENSORBOARD
+from tl_jax.loop import JsonlLogger
 
 
 # --------------------------------------------------------------------------- logging
@@ -53,54 +57,45 @@ class TensorBoard:
 
 
 class RunLogger:
-    """``log_fn`` for ``fit``: metrics.jsonl, TensorBoard, the progress bar, and throughput.
+    """The ``log`` of ``loop.fit`` for a run directory: metrics.jsonl, TensorBoard, progress bar, console.
 
-    Throughput counts only "clean" intervals between two consecutive train logs: the first
-    interval of a session (compilation) and intervals that contain an eval are left out.
+    On a terminal a progress bar shows the latest loss; elsewhere (a batch job's log file) every
+    train log becomes one line such as ``step 40/100: loss 0.4321, top-1 81.2%, 312 img/s``.
+    Events and evaluations are printed in both cases when ``echo``.
     """
 
-    def __init__(self, workdir: str, *, batch_size: int, total_steps: int, start_step: int = 0,
-                 progress: bool | None = None, echo: bool = True, tensorboard: bool = True):
-        import jax
-
-        from tl_jax.loop import JsonlLogger
-
+    def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0, progress: bool | None = None,
+                 echo: bool = True, tensorboard: bool = True):
         lead = jax.process_index() == 0
-        self.batch_size, self.echo = batch_size, echo and lead
-        self.jsonl = JsonlLogger(os.path.join(workdir, METRICS), echo=False)
+        self.total, self.echo = total_steps, echo and lead
+        self.jsonl = JsonlLogger(os.path.join(workdir, METRICS))
         self.tb = TensorBoard(os.path.join(workdir, TENSORBOARD)) if tensorboard and lead else None
-        self.bar = None
         if progress is None:  # a bar when stderr is a terminal
             progress = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        if progress and lead:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
-        self.clean_steps, self.clean_seconds = 0, 0.0
-        self._prev: dict[str, Any] | None = None
+        self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                             leave=True) if progress and lead else None
         self._postfix: dict[str, str] = {}
 
     def __call__(self, record: dict[str, Any]) -> None:
         record = {**record, "time": round(time.time(), 3)}
-        if record.get("split") == "train":
-            record["images_per_s"] = record["steps_per_s"] * self.batch_size
-            prev = self._prev
-            if prev is not None and prev.get("split") == "train":
-                n = record["step"] - prev["step"]
-                self.clean_steps += n
-                self.clean_seconds += n / max(record["steps_per_s"], 1e-12)
-            self._postfix.update(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-        elif record.get("split") == "eval":
-            self._postfix.update(eval_top1=f"{record['top1']:.4f}")
-        self._prev = record
         self.jsonl(record)
-        if self.tb is not None and "split" in record:
+        split = record.get("split")
+        if self.tb is not None and split:
             keys = ("loss", "top1", "top5", "lr", "images_per_s")
-            self.tb.scalars(record["step"], {f"{record['split']}/{k}": record[k] for k in keys if k in record})
-        if self.bar is not None:
-            self.bar.set_postfix(self._postfix, refresh=False)
-        if self.echo and (record.get("split") == "eval" or "event" in record):
-            self.write(json.dumps(record, sort_keys=True))
+            self.tb.scalars(record["step"], {f"{split}/{k}": record[k] for k in keys if k in record})
+        if split == "train":
+            self._postfix.update(loss=f"{record['loss']:.4f}")
+            if "images_per_s" in record:
+                self._postfix.update(img_s=f"{record['images_per_s']:.0f}")
+            if self.bar is not None:
+                self.bar.update(record["step"] - self.bar.n)
+                self.bar.set_postfix(self._postfix, refresh=False)
+            elif self.echo:
+                speed = f", {record['images_per_s']:.0f} img/s" if "images_per_s" in record else ""
+                self.write(f"step {record['step']}/{self.total}: loss {record['loss']:.4f}, "
+                           f"top-1 {100 * record['top1']:.1f}%{speed}")
+        elif self.echo and (split == "eval" or "event" in record):
+            self.write(_describe(record))
 
     def write(self, text: str) -> None:
         if self.bar is not None:
@@ -108,22 +103,20 @@ class RunLogger:
         else:
             print(text, flush=True)
 
-    def steps(self, it: Iterator[Any]) -> Iterator[Any]:
-        """The training batches, advancing the progress bar as ``fit`` takes each one."""
-        for item in it:
-            if self.bar is not None:
-                self.bar.update(1)
-            yield item
-
-    def throughput(self) -> float | None:
-        """Steady-state steps/s of this session (None when no clean interval was measured)."""
-        return self.clean_steps / self.clean_seconds if self.clean_steps else None
-
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _describe(record: Mapping[str, Any]) -> str:
+    """One console line for an eval or event record (metrics.jsonl keeps every field)."""
+    if record.get("split") == "eval":
+        return (f"eval at step {record['step']}: top-1 {100 * record['top1']:.2f}%, top-5 {100 * record['top5']:.2f}%, "
+                f"loss {record['loss']:.4f} ({record['count']} images)")
+    fields = ", ".join(f"{k} {v}" for k, v in record.items() if k not in ("event", "time"))
+    return f"{record['event']}: {fields}"
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ so the weight maps stay declarative. torchvision's train-time auxiliary classifi
 """
 from __future__ import annotations
 
+import collections
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -24,58 +26,56 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.models import layers
+from tl_jax.models.layers import ModuleDef
+from tl_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-STAGE_NAMES = ("stem", "mixed5b", "mixed5c", "mixed5d", "mixed6a", "mixed6b", "mixed6c", "mixed6d",
-               "mixed6e", "mixed7a", "mixed7b", "mixed7c", "head")
+# The mixed blocks in forward order after the stem: (stage, torchvision block kind, block arguments).
+# The Keras weight map derives its conv creation order from this table.
+MIXED = (
+    ("mixed5b", "A", {"pool_features": 32}),
+    ("mixed5c", "A", {"pool_features": 64}),
+    ("mixed5d", "A", {"pool_features": 64}),
+    ("mixed6a", "B", {}),
+    ("mixed6b", "C", {"channels_7x7": 128}),
+    ("mixed6c", "C", {"channels_7x7": 160}),
+    ("mixed6d", "C", {"channels_7x7": 160}),
+    ("mixed6e", "C", {"channels_7x7": 192}),
+    ("mixed7a", "D", {}),
+    ("mixed7b", "E", {}),
+    ("mixed7c", "E", {}),
+)
+STAGE_NAMES = ("stem", *(stage for stage, _, _ in MIXED), "head")
 VARIANTS = ("torchvision", "keras")
 _EPS = 1e-3  # both sources
 _DROPOUT = {"torchvision": 0.5, "keras": 0.0}
-# torchvision ``Inception3._transform_input``: x_imagenet * std / 0.5 + (mean - 0.5) / 0.5.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class _Block(nn.Module):
-    """Common fields of every block, and the conv + BN + ReLU unit (torchvision ``BasicConv2d``)."""
-    variant: str
-    use_running_average: bool
-    bn_axis_name: str | None
-    dtype: Any
-    param_dtype: Any
-
-    def basic(self, name: str, x: jax.Array, features: int, kernel: int | tuple[int, int],
-              stride: int = 1, padding: int | tuple[int, int] = 0) -> jax.Array:
-        return _BasicConv(features, kernel, stride, padding, variant=self.variant,
-                          use_running_average=self.use_running_average, bn_axis_name=self.bn_axis_name,
-                          dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
-
-    def pool_branch(self, x: jax.Array) -> jax.Array:
-        """3x3 stride-1 average pool: torch counts the padding, Keras 'same' does not."""
-        return layers.avg_pool(x, 3, 1, 1, count_include_pad=self.variant == "torchvision")
 
 
 class _BasicConv(nn.Module):
+    """conv + BatchNorm + ReLU (torchvision ``BasicConv2d``), submodules ``conv`` and ``bn``."""
     features: int
     kernel: int | tuple[int, int]
     stride: int
     padding: int | tuple[int, int]
-    variant: str
-    use_running_average: bool
-    bn_axis_name: str | None
-    dtype: Any
-    param_dtype: Any
+    conv: ModuleDef
+    norm: ModuleDef
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = layers.conv(self.features, self.kernel, self.stride, self.padding, name="conv",
-                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        x = layers.batch_norm(use_running_average=self.use_running_average, epsilon=_EPS,
-                              use_scale=self.variant == "torchvision", axis_name=self.bn_axis_name,
-                              name="bn", dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        return nn.relu(x)
+        x = self.conv(self.features, self.kernel, self.stride, self.padding, name="conv")(x)
+        return nn.relu(self.norm(name="bn")(x))
 
 
-class _Stem(_Block):
+class _Units(nn.Module):
+    """Base of the stem and the blocks: the stage's conv and BatchNorm settings."""
+    conv: ModuleDef
+    norm: ModuleDef
+
+    def basic(self, name: str, x: jax.Array, features: int, kernel: int | tuple[int, int],
+              stride: int = 1, padding: int | tuple[int, int] = 0) -> jax.Array:
+        return _BasicConv(features, kernel, stride, padding, self.conv, self.norm, name=name)(x)
+
+
+class _Stem(_Units):
     """Conv2d_1a..Conv2d_4a with both max-pools: 299 -> 35x35x192."""
 
     @nn.compact
@@ -87,6 +87,14 @@ class _Stem(_Block):
         x = self.basic("Conv2d_3b_1x1", x, 80, 1)
         x = self.basic("Conv2d_4a_3x3", x, 192, 3)
         return layers.max_pool(x, 3, 2)
+
+
+class _Block(_Units):
+    """Base of the mixed blocks."""
+    count_include_pad: bool  # 3x3 average-pool branches: torch counts the padding, Keras 'same' does not
+
+    def pool_branch(self, x: jax.Array) -> jax.Array:
+        return layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad)
 
 
 class _InceptionA(_Block):
@@ -168,20 +176,8 @@ class _InceptionE(_Block):
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
-# (stage, block class, block arguments), in forward order after the stem.
-_MIXED = (
-    ("mixed5b", _InceptionA, {"pool_features": 32}),
-    ("mixed5c", _InceptionA, {"pool_features": 64}),
-    ("mixed5d", _InceptionA, {"pool_features": 64}),
-    ("mixed6a", _InceptionB, {}),
-    ("mixed6b", _InceptionC, {"channels_7x7": 128}),
-    ("mixed6c", _InceptionC, {"channels_7x7": 160}),
-    ("mixed6d", _InceptionC, {"channels_7x7": 160}),
-    ("mixed6e", _InceptionC, {"channels_7x7": 192}),
-    ("mixed7a", _InceptionD, {}),
-    ("mixed7b", _InceptionE, {}),
-    ("mixed7c", _InceptionE, {}),
-)
+# torchvision's block classes InceptionA..E, keyed by the kinds in MIXED.
+BLOCKS = {"A": _InceptionA, "B": _InceptionB, "C": _InceptionC, "D": _InceptionD, "E": _InceptionE}
 
 
 class InceptionV3(nn.Module):
@@ -210,32 +206,47 @@ class InceptionV3(nn.Module):
 
     stage_names = STAGE_NAMES
 
+    @nn.nowrap
+    def for_training(self, frozen_depth: int, bn_axis_name: str | None) -> InceptionV3:
+        """What the training loop runs: ``frozen_depth`` stages frozen, BatchNorm averaged over ``bn_axis_name``."""
+        return self.clone(frozen_depth=frozen_depth, bn_axis_name=bn_axis_name)
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False,
+                 return_stages: bool = False) -> Any:
+        """Logits; pooled features with ``return_features`` (no head); with ``return_stages`` an
+        OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown Inception-V3 variant {self.variant!r}; choose one of {VARIANTS}")
         if self.variant == "torchvision" and self.transform_input:
-            scale = jnp.asarray([s / 0.5 for s in _IMAGENET_STD], x.dtype)
-            shift = jnp.asarray([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], x.dtype)
+            # torchvision ``Inception3._transform_input``: x_imagenet * std / 0.5 + (mean - 0.5) / 0.5.
+            scale = jnp.asarray([s / 0.5 for s in IMAGENET_STD], x.dtype)
+            shift = jnp.asarray([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)
             x = x * scale + shift
-        x = x.astype(self.dtype)
-        common = dict(variant=self.variant, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
-        _, use_ra = layers.stage_flags(0, self.frozen_depth, train)
-        x = _Stem(use_running_average=use_ra, name="stem", **common)(x)
-        x = layers.freeze_boundary(x, 0, self.frozen_depth)
-        for i, (stage, block, kwargs) in enumerate(_MIXED, start=1):
-            _, use_ra = layers.stage_flags(i, self.frozen_depth, train)
-            x = block(use_running_average=use_ra, name=stage, **common, **kwargs)(x)
-            x = layers.freeze_boundary(x, i, self.frozen_depth)
+        conv = functools.partial(layers.conv, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def norm(stage: int) -> ModuleDef:
+            _, use_running_average = layers.stage_flags(stage, self.frozen_depth, train)
+            return functools.partial(layers.batch_norm, use_running_average=use_running_average, epsilon=_EPS,
+                                     use_scale=self.variant == "torchvision", axis_name=self.bn_axis_name,
+                                     dtype=self.dtype, param_dtype=self.param_dtype)
+
+        stages = collections.OrderedDict()
+        x = _Stem(conv, norm(0), name="stem")(x.astype(self.dtype))
+        x = stages["stem"] = layers.freeze_boundary(x, 0, self.frozen_depth)
+        count_include_pad = self.variant == "torchvision"
+        for i, (stage, kind, kwargs) in enumerate(MIXED, start=1):
+            block = BLOCKS[kind](conv, norm(i), count_include_pad=count_include_pad, name=stage, **kwargs)
+            x = stages[stage] = layers.freeze_boundary(block(x), i, self.frozen_depth)
         features = layers.global_avg_pool(x).astype(jnp.float32)
         if return_features or self.num_classes is None:
-            return features
+            return stages if return_stages else features
         head_frozen, _ = layers.stage_flags(len(STAGE_NAMES) - 1, self.frozen_depth, train)
         rate = _DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
         if rate > 0:
             features = nn.Dropout(rate, deterministic=head_frozen or not train, name="dropout")(features)
-        return layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+        logits = layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+        return collections.OrderedDict(stages, head=logits) if return_stages else logits
 
 
 def inception_v3(variant: str = "torchvision", **kwargs: Any) -> InceptionV3:

@@ -4,7 +4,9 @@ Why these exist: exact parity with torchvision / Keras depends on details that
 Flax defaults get wrong for us (``'SAME'`` pads asymmetrically at stride 2,
 max-pool must pad with -inf, torch average pooling counts the padding, Keras'
 does not). Every model builds its layers through these helpers so that the
-details are decided once.
+details are decided once: a model binds its settings into ``functools.partial``
+of :func:`conv` and :func:`batch_norm` and hands those to its blocks, as Flax's
+``examples/imagenet`` does.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+ModuleDef = Any  # a partial that builds a submodule, e.g. functools.partial(conv, dtype=...)
 
 
 def pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -87,12 +90,14 @@ def stage_flags(index: int, frozen_depth: int, train: bool) -> tuple[bool, bool]
 
 
 def freeze_boundary(x: jax.Array, index: int, frozen_depth: int) -> jax.Array:
-    """Stop gradients at the output of the last frozen stage.
+    """Stop gradients at the output of every frozen stage.
 
     XLA would also drop the dead backward of the frozen prefix once the optimizer
     zeroes those gradients; cutting it here makes that independent of the optimizer.
+    Cutting every frozen stage, not only the last, keeps a loss on the outputs of
+    ``return_stages`` from reaching frozen parameters too.
     """
-    return jax.lax.stop_gradient(x) if index == frozen_depth - 1 else x
+    return jax.lax.stop_gradient(x) if index < frozen_depth else x
 
 
 def classifier(num_classes: int, *, name: str = "fc", param_dtype: Dtype = jnp.float32) -> nn.Dense:

@@ -1,35 +1,55 @@
-"""One registry of every (arch, source) port: constructor, stages, input size, preprocessing.
+"""One config per (arch, source): everything tl_jax knows about a published ImageNet classifier.
 
-``create("resnet50", source="torchvision", num_classes=10)`` builds the Flax module;
-``available()`` lists what exists. Constructors are imported lazily so that
-listing the registry costs nothing.
+Every consumer reads the same entry: ``create`` builds the Flax module, the converters take the
+family's name map and the head key, ``tl_jax.weights.fetch`` the file's URL and hash, the weights
+store the stages, preprocessing and sizes, the benchmark's torchvision peer the same stages cut
+out of the torch model, and the README the published top-1.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import flax.linen as nn
 
+from tl_jax import preprocess
+from tl_jax.models import inception, resnet, vgg
+
 SOURCES = ("torchvision", "keras")
+TORCHVISION_BASE = "https://download.pytorch.org/models/"
+KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelInfo:
+class WeightsFile:
+    """A published ImageNet weights file: where it is, how to check it, how good it is."""
+    url: str
+    hash_name: str        # "sha256": ``digest`` is the prefix in the file name (as torch.hub checks); "md5": Keras'
+    digest: str
+    top1: float           # published ImageNet-1k validation top-1, %
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One (arch, source) pair. ``torch_stages`` names, per stage, the torchvision modules that
+    compute it (``"features[0:5]"`` slices a Sequential, ``"flatten"`` is ``torch.flatten``)."""
     arch: str
     source: str
-    family: str            # resnet | vgg | inception: selects the weight name map
-    constructor: str       # "module:function"
-    kwargs: tuple          # constructor arguments, as (name, value) pairs
+    family: str                       # resnet | vgg | inception: selects the weight name map
+    build_fn: Callable[..., nn.Module]
+    kwargs: tuple                     # constructor arguments, as (name, value) pairs
     stage_names: tuple[str, ...]
-    preprocessing: str     # key of tl_jax.preprocess.SPECS
-    input_size: int
+    preprocessing: str                # a key of tl_jax.preprocess.SPECS
+    weights: WeightsFile
+    head_key: str                     # the source's classifier bias: its length is the class count
+    torch_stages: tuple[tuple[str, ...], ...] = ()
 
     def build(self, **overrides: Any) -> nn.Module:
-        module, fn = self.constructor.split(":")
-        ctor: Callable[..., nn.Module] = getattr(importlib.import_module(module), fn)
-        return ctor(**{**dict(self.kwargs), **overrides})
+        return self.build_fn(**{**dict(self.kwargs), **overrides})
+
+    @property
+    def input_size(self) -> int:
+        return preprocess.SPECS[self.preprocessing].crop_size
 
     @property
     def backbone_stages(self) -> tuple[str, ...]:
@@ -37,37 +57,66 @@ class ModelInfo:
         return self.stage_names[:-1]
 
 
-_RESNET = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
-_VGG = ("block1", "block2", "block3", "block4", "block5", "classifier", "head")
-_INCEPTION = ("stem", "mixed5b", "mixed5c", "mixed5d", "mixed6a", "mixed6b", "mixed6c", "mixed6d",
-              "mixed6e", "mixed7a", "mixed7b", "mixed7c", "head")
-
-_REGISTRY: dict[tuple[str, str], ModelInfo] = {}
+def _tv(file: str, top1: float) -> WeightsFile:
+    return WeightsFile(TORCHVISION_BASE + file, "sha256", file.rsplit("-", 1)[1].split(".")[0], top1)
 
 
-def _add(arch: str, source: str, family: str, constructor: str, stages: tuple[str, ...],
-         preprocessing: str, input_size: int, **kwargs: Any) -> None:
-    _REGISTRY[(arch, source)] = ModelInfo(arch, source, family, constructor, tuple(sorted(kwargs.items())),
-                                          stages, preprocessing, input_size)
+def _keras(path: str, md5: str, top1: float) -> WeightsFile:
+    return WeightsFile(KERAS_BASE + path, "md5", md5, top1)
 
 
-for _d in (18, 34, 50, 101, 152):
-    _add(f"resnet{_d}", "torchvision", "resnet", "tl_jax.models.resnet:resnet", _RESNET, "torchvision", 224,
-         depth=_d, variant="torchvision")
-for _d in (50, 101, 152):
-    _add(f"resnet{_d}", "keras", "resnet", "tl_jax.models.resnet:resnet", _RESNET, "caffe", 224,
-         depth=_d, variant="keras")
-for _d in (11, 13, 16, 19):
-    for _bn in (False, True):
-        _add(f"vgg{_d}" + ("_bn" if _bn else ""), "torchvision", "vgg", "tl_jax.models.vgg:vgg", _VGG,
-             "torchvision", 224, depth=_d, batch_norm=_bn, variant="torchvision")
-for _d in (16, 19):
-    _add(f"vgg{_d}", "keras", "vgg", "tl_jax.models.vgg:vgg", _VGG, "caffe", 224,
-         depth=_d, batch_norm=False, variant="keras")
-_add("inception_v3", "torchvision", "inception", "tl_jax.models.inception:inception_v3", _INCEPTION,
-     "torchvision_inception", 299, variant="torchvision")
-_add("inception_v3", "keras", "inception", "tl_jax.models.inception:inception_v3", _INCEPTION, "tf", 299,
-     variant="keras")
+_RESNET_TORCH = (("conv1", "bn1", "relu", "maxpool"), ("layer1",), ("layer2",), ("layer3",), ("layer4",),
+                 ("avgpool", "flatten", "fc"))
+_INCEPTION_TORCH = (("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+                     "Conv2d_4a_3x3", "maxpool2"),
+                    *((f"Mixed_{s[5:]}",) for s in inception.STAGE_NAMES[1:-1]),
+                    ("avgpool", "dropout", "flatten", "fc"))
+
+
+def _vgg_torch(depth: int, batch_norm: bool) -> tuple[tuple[str, ...], ...]:
+    """``features`` holds conv, [bn,] relu per conv and a max-pool per block, in one Sequential."""
+    cuts, start = [], 0
+    for n in vgg.BLOCK_CONVS[depth]:
+        end = start + n * (3 if batch_norm else 2) + 1
+        cuts.append((f"features[{start}:{end}]",))
+        start = end
+    return (*cuts, ("avgpool", "flatten", "classifier[0:6]"), ("classifier[6]",))
+
+
+_TORCHVISION_RESNET = {18: ("resnet18-f37072fd.pth", 69.758), 34: ("resnet34-b627a593.pth", 73.314),
+                       50: ("resnet50-0676ba61.pth", 76.130), 101: ("resnet101-63fe2227.pth", 77.374),
+                       152: ("resnet152-394f9c45.pth", 78.312)}
+_TORCHVISION_VGG = {(11, False): ("vgg11-8a719046.pth", 69.020), (11, True): ("vgg11_bn-6002323d.pth", 70.370),
+                    (13, False): ("vgg13-19584684.pth", 69.928), (13, True): ("vgg13_bn-abd245e5.pth", 71.586),
+                    (16, False): ("vgg16-397923af.pth", 71.592), (16, True): ("vgg16_bn-6c64b313.pth", 73.360),
+                    (19, False): ("vgg19-dcbb9e9d.pth", 72.376), (19, True): ("vgg19_bn-c79401a0.pth", 74.218)}
+_KERAS_RESNET = {50: ("2cb95161c43110f7111970584f804107", 74.9), 101: ("f1aeb4b969a6efcfb50fad2f0c20cfc5", 76.4),
+                 152: ("100835be76be38e30d865e96f2aaae62", 76.6)}
+_KERAS_VGG = {16: ("64373286793e3c8b2b4e3219cbf3544b", 71.3), 19: ("cbe5617147190e668d6c5d5026f83318", 71.3)}
+
+_CONFIGS: list[ModelConfig] = [
+    *(ModelConfig(f"resnet{d}", "torchvision", "resnet", resnet.resnet,
+                  (("depth", d), ("variant", "torchvision")), resnet.STAGE_NAMES, "torchvision", _tv(*file),
+                  "fc.bias", _RESNET_TORCH) for d, file in _TORCHVISION_RESNET.items()),
+    *(ModelConfig(f"resnet{d}", "keras", "resnet", resnet.resnet, (("depth", d), ("variant", "keras")),
+                  resnet.STAGE_NAMES, "caffe",
+                  _keras(f"resnet/resnet{d}_weights_tf_dim_ordering_tf_kernels.h5", *file), "predictions/bias")
+      for d, file in _KERAS_RESNET.items()),
+    *(ModelConfig(f"vgg{d}" + ("_bn" if bn else ""), "torchvision", "vgg", vgg.vgg,
+                  (("batch_norm", bn), ("depth", d), ("variant", "torchvision")), vgg.STAGE_NAMES, "torchvision",
+                  _tv(*file), "classifier.6.bias", _vgg_torch(d, bn)) for (d, bn), file in _TORCHVISION_VGG.items()),
+    *(ModelConfig(f"vgg{d}", "keras", "vgg", vgg.vgg, (("batch_norm", False), ("depth", d), ("variant", "keras")),
+                  vgg.STAGE_NAMES, "caffe", _keras(f"vgg{d}/vgg{d}_weights_tf_dim_ordering_tf_kernels.h5", *file),
+                  "predictions/bias") for d, file in _KERAS_VGG.items()),
+    ModelConfig("inception_v3", "torchvision", "inception", inception.inception_v3, (("variant", "torchvision"),),
+                inception.STAGE_NAMES, "torchvision_inception", _tv("inception_v3_google-0cc3c7bd.pth", 77.294),
+                "fc.bias", _INCEPTION_TORCH),
+    ModelConfig("inception_v3", "keras", "inception", inception.inception_v3, (("variant", "keras"),),
+                inception.STAGE_NAMES, "tf",
+                _keras("inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+                       "9a0d58056eeedaa3f26cb7ebd46da564", 77.9), "predictions/bias"),
+]
+_REGISTRY = {(c.arch, c.source): c for c in _CONFIGS}
 
 # Keras spells its applications in CamelCase; accept those names too.
 _ALIASES = {"VGG16": "vgg16", "VGG19": "vgg19", "ResNet50": "resnet50", "ResNet101": "resnet101",
@@ -79,12 +128,13 @@ def available() -> list[tuple[str, str]]:
     return sorted(_REGISTRY)
 
 
-def info(arch: str, source: str = "torchvision") -> ModelInfo:
+def info(arch: str, source: str = "torchvision") -> ModelConfig:
+    """The config of ``(arch, source)``; an unknown pair raises ValueError listing the known ones."""
     key = (_ALIASES.get(arch, arch), source)
     if key not in _REGISTRY:
-        archs = sorted({a for a, s in _REGISTRY if s == source})
         if source not in SOURCES:
-            raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
+            raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+        archs = sorted({a for a, s in _REGISTRY if s == source})
         raise ValueError(f"unknown arch {arch!r} for source {source!r}; available: {', '.join(archs)}")
     return _REGISTRY[key]
 

@@ -1,11 +1,13 @@
 """ResNet ports: torchvision v1.5 and Keras v1, one module with a ``variant`` switch.
 
-The two differ in three places only (see ../shared GUIDE): Keras convs carry a
-bias, Keras strides on the first 1x1 conv of a block (torchvision on the 3x3),
-and Keras BatchNorm uses eps 1.001e-5. Stages: ``stem, layer1..layer4, head``.
+The two differ in three places only: Keras convs carry a bias, Keras strides on
+the first 1x1 conv of a bottleneck block (torchvision v1.5 on the 3x3), and Keras
+BatchNorm eps is 1.001e-5 (torchvision 1e-5). Stages: ``stem, layer1..layer4, head``.
 """
 from __future__ import annotations
 
+import collections
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.models import layers
+from tl_jax.models.layers import ModuleDef
 
 STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 _EPS = {"torchvision": 1e-5, "keras": 1.001e-5}
@@ -23,68 +26,49 @@ class _Block(nn.Module):
     features: int
     stride: int
     bottleneck: bool
-    variant: str
-    use_running_average: bool
-    bn_axis_name: str | None
-    dtype: Any
-    param_dtype: Any
+    stride_on_1x1: bool  # Keras v1 strides on the first 1x1 conv, torchvision v1.5 on the 3x3
+    conv: ModuleDef
+    norm: ModuleDef
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        keras = self.variant == "keras"
-        kw = dict(use_bias=keras, dtype=self.dtype, param_dtype=self.param_dtype)
-        bn = lambda name: layers.batch_norm(  # noqa: E731
-            use_running_average=self.use_running_average, epsilon=_EPS[self.variant],
-            axis_name=self.bn_axis_name, name=name, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv, norm, f = self.conv, self.norm, self.features
         if self.bottleneck:
-            out_features = self.features * 4
-            s1, s2 = (self.stride, 1) if keras else (1, self.stride)
-            y = nn.relu(bn("bn1")(layers.conv(self.features, 1, s1, name="conv1", **kw)(x)))
-            y = nn.relu(bn("bn2")(layers.conv(self.features, 3, s2, 1, name="conv2", **kw)(y)))
-            y = bn("bn3")(layers.conv(out_features, 1, name="conv3", **kw)(y))
+            out_features = f * 4
+            s1, s2 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
+            y = nn.relu(norm(name="bn1")(conv(f, 1, s1, name="conv1")(x)))
+            y = nn.relu(norm(name="bn2")(conv(f, 3, s2, 1, name="conv2")(y)))
+            y = norm(name="bn3")(conv(out_features, 1, name="conv3")(y))
         else:
-            out_features = self.features
-            y = nn.relu(bn("bn1")(layers.conv(self.features, 3, self.stride, 1, name="conv1", **kw)(x)))
-            y = bn("bn2")(layers.conv(self.features, 3, 1, 1, name="conv2", **kw)(y))
+            out_features = f
+            y = nn.relu(norm(name="bn1")(conv(f, 3, self.stride, 1, name="conv1")(x)))
+            y = norm(name="bn2")(conv(f, 3, 1, 1, name="conv2")(y))
         if self.stride != 1 or x.shape[-1] != out_features:
-            x = bn("downsample_bn")(layers.conv(out_features, 1, self.stride, name="downsample_conv", **kw)(x))
+            x = norm(name="downsample_bn")(conv(out_features, 1, self.stride, name="downsample_conv")(x))
         return nn.relu(y + x)
 
 
 class _Stage(nn.Module):
+    """``num_blocks`` blocks named ``block0..``; only the first one strides."""
+    block: ModuleDef
     num_blocks: int
     features: int
     stride: int
-    bottleneck: bool
-    variant: str
-    use_running_average: bool
-    bn_axis_name: str | None
-    dtype: Any
-    param_dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num_blocks):
-            x = _Block(self.features, self.stride if i == 0 else 1, self.bottleneck, self.variant,
-                       self.use_running_average, self.bn_axis_name, self.dtype, self.param_dtype,
-                       name=f"block{i}")(x)
+            x = self.block(self.features, self.stride if i == 0 else 1, name=f"block{i}")(x)
         return x
 
 
 class _Stem(nn.Module):
-    variant: str
-    use_running_average: bool
-    bn_axis_name: str | None
-    dtype: Any
-    param_dtype: Any
+    conv: ModuleDef
+    norm: ModuleDef
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = layers.conv(64, 7, 2, 3, use_bias=self.variant == "keras", name="conv1",
-                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        x = layers.batch_norm(use_running_average=self.use_running_average, epsilon=_EPS[self.variant],
-                              axis_name=self.bn_axis_name, name="bn1", dtype=self.dtype,
-                              param_dtype=self.param_dtype)(x)
+        x = self.norm(name="bn1")(self.conv(64, 7, 2, 3, name="conv1")(x))
         # After ReLU all values are >= 0, so Keras' zero padding equals torch's -inf padding.
         return layers.max_pool(nn.relu(x), 3, 2, 1)
 
@@ -112,23 +96,38 @@ class ResNet(nn.Module):
 
     stage_names = STAGE_NAMES
 
+    @nn.nowrap
+    def for_training(self, frozen_depth: int, bn_axis_name: str | None) -> ResNet:
+        """What the training loop runs: ``frozen_depth`` stages frozen, BatchNorm averaged over ``bn_axis_name``."""
+        return self.clone(frozen_depth=frozen_depth, bn_axis_name=bn_axis_name)
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> jax.Array:
-        common = dict(variant=self.variant, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
-        x = x.astype(self.dtype)
-        _, use_ra = layers.stage_flags(0, self.frozen_depth, train)
-        x = _Stem(use_running_average=use_ra, name="stem", **common)(x)
-        x = layers.freeze_boundary(x, 0, self.frozen_depth)
-        for i, (n, feat) in enumerate(zip(self.stage_sizes, (64, 128, 256, 512))):
-            _, use_ra = layers.stage_flags(i + 1, self.frozen_depth, train)
-            x = _Stage(n, feat, 1 if i == 0 else 2, self.bottleneck, use_running_average=use_ra,
-                       name=f"layer{i + 1}", **common)(x)
-            x = layers.freeze_boundary(x, i + 1, self.frozen_depth)
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False,
+                 return_stages: bool = False) -> Any:
+        """Logits; pooled features with ``return_features`` (no head); with ``return_stages`` an
+        OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
+        keras = self.variant == "keras"
+        conv = functools.partial(layers.conv, use_bias=keras, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def norm(stage: int) -> ModuleDef:
+            _, use_running_average = layers.stage_flags(stage, self.frozen_depth, train)
+            return functools.partial(layers.batch_norm, use_running_average=use_running_average,
+                                     epsilon=_EPS[self.variant], axis_name=self.bn_axis_name, dtype=self.dtype,
+                                     param_dtype=self.param_dtype)
+
+        stages = collections.OrderedDict()
+        x = _Stem(conv, norm(0), name="stem")(x.astype(self.dtype))
+        x = stages["stem"] = layers.freeze_boundary(x, 0, self.frozen_depth)
+        for i, (n, feat) in enumerate(zip(self.stage_sizes, (64, 128, 256, 512)), start=1):
+            block = functools.partial(_Block, bottleneck=self.bottleneck, stride_on_1x1=keras, conv=conv,
+                                      norm=norm(i))
+            x = _Stage(block, n, feat, 1 if i == 1 else 2, name=f"layer{i}")(x)
+            x = stages[f"layer{i}"] = layers.freeze_boundary(x, i, self.frozen_depth)
         features = layers.global_avg_pool(x).astype(jnp.float32)
         if return_features or self.num_classes is None:
-            return features
-        return layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+            return stages if return_stages else features
+        logits = layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+        return collections.OrderedDict(stages, head=logits) if return_stages else logits
 
 
 _DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),

@@ -1,16 +1,18 @@
 """VGG ports: torchvision vgg11/13/16/19 (with and without BatchNorm) and Keras VGG16/19.
 
-The variants differ only before the classifier (see ../shared GUIDE): torchvision
-average-pools adaptively to 7x7 (identity at 224) and its checkpoints flatten
-(C, H, W), which the weight map fixes once by permuting fc6; Keras flattens NHWC
-directly and so only runs at the input size its fc6 was built for. torchvision's
-``*_bn`` puts a BatchNorm (eps 1e-5) between every conv and its ReLU.
+The variants differ only before the classifier: torchvision average-pools
+adaptively to 7x7 (identity at 224) and its checkpoints flatten (C, H, W), which
+the weight map fixes once by permuting fc6; Keras flattens NHWC directly and so
+only runs at the input size its fc6 was built for. torchvision's ``*_bn`` puts
+a BatchNorm (eps 1e-5) between every conv and its ReLU.
 
 Stages: ``block1..block5`` (convs, each ending with its 2x2 max-pool),
 ``classifier`` (fc6, fc7) and ``head`` (fc8).
 """
 from __future__ import annotations
 
+import collections
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.models import layers
+from tl_jax.models.layers import ModuleDef
 
 STAGE_NAMES = ("block1", "block2", "block3", "block4", "block5", "classifier", "head")
 BLOCK_FEATURES = (64, 128, 256, 512, 512)
@@ -32,21 +35,15 @@ class _Block(nn.Module):
     """``num_convs`` x (3x3 conv [+ BatchNorm] + ReLU), then a 2x2 max-pool."""
     num_convs: int
     features: int
-    batch_norm: bool
-    use_running_average: bool
-    bn_axis_name: str | None
-    dtype: Any
-    param_dtype: Any
+    conv: ModuleDef
+    norm: ModuleDef | None  # None: plain VGG, no BatchNorm
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(1, self.num_convs + 1):
-            x = layers.conv(self.features, 3, 1, 1, use_bias=True, name=f"conv{i}", dtype=self.dtype,
-                            param_dtype=self.param_dtype)(x)
-            if self.batch_norm:
-                x = layers.batch_norm(use_running_average=self.use_running_average, epsilon=_BN_EPS,
-                                      axis_name=self.bn_axis_name, name=f"bn{i}", dtype=self.dtype,
-                                      param_dtype=self.param_dtype)(x)
+            x = self.conv(self.features, 3, 1, 1, name=f"conv{i}")(x)
+            if self.norm is not None:
+                x = self.norm(name=f"bn{i}")(x)
             x = nn.relu(x)
         return layers.max_pool(x, 2, 2)
 
@@ -57,20 +54,16 @@ class _Classifier(nn.Module):
     The dropout after fc7 belongs to this stage too but is applied by the caller
     on the way to the head, so the returned features are the fc7 activations.
     """
-    variant: str
-    dropout_rate: float
-    deterministic: bool
-    dtype: Any
-    param_dtype: Any
+    adaptive_pool: bool  # torchvision only; Keras' fc6 fixes the input size instead
+    dense: ModuleDef
+    dropout: ModuleDef
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.variant == "torchvision":
+        if self.adaptive_pool:
             x = layers.adaptive_avg_pool(x, 7)
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(4096, dtype=self.dtype, param_dtype=self.param_dtype, name="fc6")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(x)
-        return nn.relu(nn.Dense(4096, dtype=self.dtype, param_dtype=self.param_dtype, name="fc7")(x))
+        x = nn.relu(self.dense(4096, name="fc6")(x.reshape(x.shape[0], -1)))
+        return nn.relu(self.dense(4096, name="fc7")(self.dropout()(x)))
 
 
 class VGG(nn.Module):
@@ -99,27 +92,39 @@ class VGG(nn.Module):
 
     stage_names = STAGE_NAMES
 
+    @nn.nowrap
+    def for_training(self, frozen_depth: int, bn_axis_name: str | None) -> VGG:
+        """What the training loop runs: ``frozen_depth`` stages frozen, BatchNorm averaged over ``bn_axis_name``."""
+        return self.clone(frozen_depth=frozen_depth, bn_axis_name=bn_axis_name)
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False,
+                 return_stages: bool = False) -> Any:
+        """Logits; fc7 features with ``return_features`` (no head); with ``return_stages`` an
+        OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
         if self.variant not in DEFAULT_DROPOUT:
             raise ValueError(f"unknown VGG variant {self.variant!r}; choose one of {tuple(DEFAULT_DROPOUT)}")
+        conv = functools.partial(layers.conv, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+        stages = collections.OrderedDict()
         x = x.astype(self.dtype)
         for i, (n, feat) in enumerate(zip(self.block_convs, BLOCK_FEATURES)):
-            _, use_ra = layers.stage_flags(i, self.frozen_depth, train)
-            x = _Block(n, feat, self.batch_norm, use_running_average=use_ra, bn_axis_name=self.bn_axis_name,
-                       dtype=self.dtype, param_dtype=self.param_dtype, name=f"block{i + 1}")(x)
-            x = layers.freeze_boundary(x, i, self.frozen_depth)
+            _, use_running_average = layers.stage_flags(i, self.frozen_depth, train)
+            norm = functools.partial(layers.batch_norm, use_running_average=use_running_average, epsilon=_BN_EPS,
+                                     axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+            x = _Block(n, feat, conv, norm if self.batch_norm else None, name=f"block{i + 1}")(x)
+            x = stages[f"block{i + 1}"] = layers.freeze_boundary(x, i, self.frozen_depth)
         frozen, _ = layers.stage_flags(5, self.frozen_depth, train)
         rate = DEFAULT_DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
-        deterministic = frozen or not train
-        x = _Classifier(self.variant, rate, deterministic, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="classifier")(x)
-        x = layers.freeze_boundary(x, 5, self.frozen_depth)
+        dropout = functools.partial(nn.Dropout, rate, deterministic=frozen or not train)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = _Classifier(self.variant == "torchvision", dense, dropout, name="classifier")(x)
+        x = stages["classifier"] = layers.freeze_boundary(x, 5, self.frozen_depth)
         features = x.astype(jnp.float32)
         if return_features or self.num_classes is None:
-            return features
-        features = nn.Dropout(rate, deterministic=deterministic)(features)
-        return layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+            return stages if return_stages else features
+        head = layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)
+        logits = head(dropout()(features))
+        return collections.OrderedDict(stages, head=logits) if return_stages else logits
 
 
 def vgg(depth: int, batch_norm: bool = False, variant: str = "torchvision", **kwargs: Any) -> VGG:

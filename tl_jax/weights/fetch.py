@@ -1,11 +1,9 @@
 """Download the published ImageNet weight files into a local cache, failing fast offline.
 
-torchvision: the ``IMAGENET1K_V1`` weights (the ones whose published accuracies
-the ports reproduce), read from torchvision's weight enums when torchvision is
-installed, else from the table below (a test keeps the two equal). The file name
-carries a prefix of the file's sha256, which is checked as ``torch.hub`` does.
-Keras: the ``keras.applications`` HDF5 files with top, checked against the md5
-that ``keras/src/applications/*.py`` pins.
+Which file and how to check it is the registry's (``ModelConfig.weights``; a test keeps it
+equal to what torchvision's weight enums and ``keras.applications`` download): torchvision's
+``IMAGENET1K_V1`` files carry a prefix of their sha256 in the name, checked as ``torch.hub``
+does; the Keras files are checked against the md5 that keras.applications pins.
 
 Offline, a download must not hang: the connection (DNS included) gets
 ``connect_timeout`` seconds in total, each read ``read_timeout``, no retries, and
@@ -21,29 +19,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-TORCHVISION_BASE = "https://download.pytorch.org/models/"
-TORCHVISION_FILES = {
-    "resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
-    "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth",
-    "resnet152": "resnet152-394f9c45.pth",
-    "vgg11": "vgg11-8a719046.pth", "vgg11_bn": "vgg11_bn-6002323d.pth",
-    "vgg13": "vgg13-19584684.pth", "vgg13_bn": "vgg13_bn-abd245e5.pth",
-    "vgg16": "vgg16-397923af.pth", "vgg16_bn": "vgg16_bn-6c64b313.pth",
-    "vgg19": "vgg19-dcbb9e9d.pth", "vgg19_bn": "vgg19_bn-c79401a0.pth",
-    "inception_v3": "inception_v3_google-0cc3c7bd.pth",
-}
-
-KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
-# arch -> (path under KERAS_BASE, md5 of the file)
-KERAS_FILES = {
-    "resnet50": ("resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5", "2cb95161c43110f7111970584f804107"),
-    "resnet101": ("resnet/resnet101_weights_tf_dim_ordering_tf_kernels.h5", "f1aeb4b969a6efcfb50fad2f0c20cfc5"),
-    "resnet152": ("resnet/resnet152_weights_tf_dim_ordering_tf_kernels.h5", "100835be76be38e30d865e96f2aaae62"),
-    "vgg16": ("vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b"),
-    "vgg19": ("vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318"),
-    "inception_v3": ("inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
-                     "9a0d58056eeedaa3f26cb7ebd46da564"),
-}
+from tl_jax.models import registry
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
@@ -59,29 +35,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TL_JAX_CACHE") or Path.home() / ".cache" / "tl_jax")
 
 
-def weights_url(arch: str, source: str) -> str:
-    """The canonical published ImageNet weights of ``(arch, source)``."""
-    from tl_jax.models import registry
-
-    info = registry.info(arch, source)  # validates, resolves Keras aliases
-    if info.source == "torchvision":
-        try:
-            import torchvision
-        except ImportError:
-            return TORCHVISION_BASE + TORCHVISION_FILES[info.arch]
-        return torchvision.models.get_model_weights(info.arch).IMAGENET1K_V1.url
-    if info.arch not in KERAS_FILES:
-        raise ValueError(f"no published Keras weights known for {info.arch}")
-    return KERAS_BASE + KERAS_FILES[info.arch][0]
-
-
-def expected_digest(url: str, source: str, arch: str) -> tuple[str, str] | None:
-    """``(hash algorithm, expected hex digest or prefix)`` for the file at ``url``, if known."""
-    if source == "torchvision":
+def _digest(info: registry.ModelConfig, url: str) -> tuple[str, str] | None:
+    """``(hash algorithm, expected hex digest or its prefix)`` of the file at ``url``, if known."""
+    if url == info.weights.url:
+        return info.weights.hash_name, info.weights.digest
+    if info.weights.hash_name == "sha256":
         m = _TORCH_HASH.search(url.rsplit("/", 1)[-1])
         return ("sha256", m.group(1)) if m else None
-    entry = KERAS_FILES.get(arch)
-    return ("md5", entry[1]) if entry and url.endswith(entry[0]) else None
+    return None
 
 
 def _offline_hint(arch: str, source: str) -> str:
@@ -121,14 +82,13 @@ def fetch(arch: str, source: str, directory: str | os.PathLike | None = None, *,
     against the published hash and only then renamed to its final name, so the
     cache never holds a partial or corrupt file under a valid name.
     """
-    from tl_jax.models import registry
-
     info = registry.info(arch, source)
-    url = url or weights_url(info.arch, info.source)
+    url = url or info.weights.url
     target = Path(directory or cache_dir()) / info.source / url.rsplit("/", 1)[-1]
     if target.is_file():
         return target
-    digest = expected_digest(url, info.source, info.arch)
+    # A URL given by the caller is checked against the digest in its own file name, as torch.hub does.
+    digest = _digest(info, url)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.part-", dir=target.parent)
     try:

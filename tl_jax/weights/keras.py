@@ -60,10 +60,11 @@ def convert_keras(arch: str, source: str | os.PathLike, model: Any = None) -> di
     """A Keras application's ``.h5`` weights -> ``{"params", "batch_stats"}`` for ``arch``."""
     info = registry.info(arch, "keras")
     fam = maps.family(info.family)
-    weights = fam.keras_canonical_names(read_h5_weights(source))
+    raw = read_h5_weights(source)
     if model is None:
-        head = weights.get(fam.KERAS_HEAD)
+        head = raw.get(info.head_key)
         model = info.build(num_classes=int(head.shape[0]) if head is not None else None)  # a _notop file
+    weights = fam.keras_canonical_names(raw)
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
     return convert.assemble(convert.variables_template(model, info.input_size), entries, unmatched,
                             what=f"Keras weights for {arch}")

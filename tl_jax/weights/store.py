@@ -21,7 +21,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from tl_jax import preprocess
+from tl_jax.models import registry
+from tl_jax.weights import convert
 
 CHECKPOINT = "checkpoint"
 METADATA = "metadata.json"
@@ -77,9 +84,6 @@ def build_metadata(arch: str, source: str, num_classes: int | None, *, source_fi
     head (null when torchvision is not installed or the head has other classes);
     pass a list for a fine-tuned head.
     """
-    from tl_jax import preprocess
-    from tl_jax.models import registry
-
     info = registry.info(arch, source)
     spec = preprocess.get_spec(info.preprocessing)
     if class_names == "imagenet":
@@ -108,8 +112,6 @@ def save_pretrained(directory: str | os.PathLike, variables: Mapping[str, Any], 
     Refuses to replace an existing ``directory`` unless ``overwrite``. On any
     failure nothing new remains on disk (an overwritten store is kept intact).
     """
-    import orbax.checkpoint as ocp
-
     directory = Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} already exists; pass overwrite=True (--overwrite) to replace it")
@@ -156,8 +158,6 @@ def _umask() -> int:
 
 
 def _to_numpy(tree: Any) -> Any:
-    import jax
-
     return jax.tree.map(np.asarray, dict(tree))
 
 
@@ -192,12 +192,6 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     ``metadata["class_names"]`` then describe the new (unnamed) head. For features
     without any head, call ``model.apply(variables, x, return_features=True)``.
     """
-    import jax
-    import orbax.checkpoint as ocp
-
-    from tl_jax.models import registry
-    from tl_jax.weights import convert
-
     directory = Path(directory).absolute()
     metadata = read_metadata(directory)
     ckpt = directory / CHECKPOINT
@@ -233,8 +227,6 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
 
 def _check_matches(stored: Any, template: Mapping[str, Any], where: Path) -> None:
     """Orbax restores whatever shapes it finds; insist that they are the model's."""
-    from flax import traverse_util
-
     flat_s = traverse_util.flatten_dict(dict(stored))
     flat_t = traverse_util.flatten_dict(dict(template))
     missing = ["/".join(p) for p in flat_t if p not in flat_s]

@@ -45,14 +45,9 @@ def convert_torchvision(arch: str, source: str | os.PathLike | Mapping[str, Any]
     state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else {
         k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v) for k, v in source.items()}
     if model is None:
-        n_out = _head_size(state, maps.family(info.family).TORCHVISION_HEAD)
-        model = info.build(num_classes=n_out)
+        model = info.build(num_classes=int(state[info.head_key].shape[0]) if info.head_key in state else 1000)
     rules = maps.family(info.family).torchvision_rules(info)
     entries, unmatched = convert.apply_rules(state, rules)
     return convert.assemble(convert.variables_template(model, info.input_size), entries, unmatched,
                             what=f"torchvision weights for {arch}")
 
-
-def _head_size(state: Mapping[str, np.ndarray], head_bias: str) -> int:
-    """Classes of the source head, so a fine-tuned file converts without being told."""
-    return int(state[head_bias].shape[0]) if head_bias in state else 1000

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import re
 
+from tl_jax.models.inception import MIXED
 from tl_jax.weights.convert import ConversionError, conv_oihw_to_hwio as conv, copy, linear_to_dense as linear
-
-TORCHVISION_HEAD = "fc.bias"
-KERAS_HEAD = "head/bias"
 
 # Our conv + BN units in Keras creation order (= torchvision attribute order), per block kind.
 _STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
@@ -30,10 +28,8 @@ _UNITS = {
     "E": ("branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1", "branch3x3dbl_2",
           "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"),
 }
-# Keras mixed0..mixed10 are our mixed5b..mixed7c.
-_BLOCKS = (("mixed5b", "A"), ("mixed5c", "A"), ("mixed5d", "A"), ("mixed6a", "B"), ("mixed6b", "C"),
-           ("mixed6c", "C"), ("mixed6d", "C"), ("mixed6e", "C"), ("mixed7a", "D"), ("mixed7b", "E"),
-           ("mixed7c", "E"))
+# Keras mixed0..mixed10 are our mixed5b..mixed7c: (stage, block kind) in forward order.
+_BLOCKS = tuple((stage, kind) for stage, kind, _ in MIXED)
 KERAS_CREATION_ORDER: tuple[str, ...] = (tuple(f"stem/{u}" for u in _STEM)
                                          + tuple(f"{s}/{u}" for s, kind in _BLOCKS for u in _UNITS[kind]))
 

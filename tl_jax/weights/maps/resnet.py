@@ -5,9 +5,6 @@ import re
 
 from tl_jax.weights.convert import conv_oihw_to_hwio as conv, copy, linear_to_dense as linear
 
-TORCHVISION_HEAD = "fc.bias"
-KERAS_HEAD = "head/bias"
-
 _BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
        ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
 

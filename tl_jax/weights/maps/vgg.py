@@ -13,9 +13,6 @@ import numpy as np
 from tl_jax.models.vgg import BLOCK_CONVS
 from tl_jax.weights.convert import conv_oihw_to_hwio as conv, copy, linear_to_dense as linear
 
-TORCHVISION_HEAD = "classifier.6.bias"
-KERAS_HEAD = "head/bias"
-
 _BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
        ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
 

@@ -1,15 +1,15 @@
 """Frozen-depth ablations: one recipe at several frozen depths (and seeds), summarised and plotted.
 
 Every (variant, seed) is an ordinary training run in its own workdir
-``WORKDIR/runs/<variant>_seed<seed>``, run in this process with ``experiment.train``. A run
-whose ``result.json`` exists is finished and skipped; an interrupted one resumes from its
-checkpoints. So re-running the same command after a crash (or with more seeds or depths)
-only does what is missing. A run directory refuses a different config, so changing the
+``WORKDIR/runs/<variant>_seed<seed>``, trained in this process with ``run.train``: a finished
+run is reported, not retrained, and an interrupted one resumes from its checkpoints, so
+re-running the same command after a crash (or with more seeds or depths) only does what is
+missing. Like ``train``, it refuses a run directory that holds another config: changing the
 recipe needs a new WORKDIR.
 
 Variants: ``depth<k>`` for each frozen depth, ``scratch`` (same architecture, random
 initialisation, everything trains), and ``probe_cache`` (every backbone stage frozen, on
-cached features: ``tl_jax.features``). Outputs: ``ablation.csv`` and ``ablation.json`` (one
+cached features: ``tl_jax.experiment.probe``). Outputs: ``ablation.csv`` and ``ablation.json`` (one
 row per variant: mean and spread over seeds of the best eval top-1, trainable parameters,
 steady-state throughput, wall time) and ``ablation.png``.
 """
@@ -22,7 +22,9 @@ import os
 import statistics
 from typing import Any, Callable, Sequence
 
-from tl_jax import experiment
+from tl_jax.experiment import run
+from tl_jax.experiment.config import ConfigError, override
+from tl_jax.experiment.setup import weights_metadata
 
 RUNS = "runs"
 
@@ -39,23 +41,23 @@ def parse_list(text: str | Sequence[int] | None, everything: Sequence[int]) -> l
     """``"all"``/None -> everything; ``"0,2,4"`` -> [0, 2, 4]; ``-1`` means the last."""
     if text is None or text == "all" or text == "":
         return list(everything)
-    items = [int(x) for x in text.split(",")] if isinstance(text, str) else [int(x) for x in text]
+    try:
+        items = [int(x) for x in text.split(",")] if isinstance(text, str) else [int(x) for x in text]
+    except ValueError:
+        raise ConfigError(f"depths {text!r}: use all, or integers such as 0,2,4") from None
     last = everything[-1]
     out = [last if x == -1 else x for x in items]
     bad = [x for x in out if x not in everything]
     if bad:
-        raise ValueError(f"frozen depths {bad} out of range; this model has depths {everything[0]}..{last}")
+        raise ConfigError(f"frozen depths {bad} out of range; this model has depths {everything[0]}..{last}")
     return out
-
-
-def stage_names(config: Any) -> list[str]:
-    return list(experiment.weights_metadata(config)["stage_names"])
 
 
 def variants(config: Any, depths: str | Sequence[int] | None = "all", *, scratch: bool = False,
              probe_cache: bool = False) -> list[Variant]:
     """The runs of an ablation of ``config``: each frozen depth, optionally from scratch and the cached probe."""
-    stages = stage_names(config)
+    meta = weights_metadata(config)
+    stages = meta["stage_names"]
     full = len(stages) - 1
     out = [Variant(f"depth{d}", d, (("freeze.frozen_depth", d), ("feature_cache", False)),
                    "+".join(stages[:d]) if d else "full fine-tune") for d in parse_list(depths, range(full + 1))]
@@ -63,7 +65,6 @@ def variants(config: Any, depths: str | Sequence[int] | None = "all", *, scratch
         out.append(Variant("probe_cache", full, (("freeze.frozen_depth", full), ("feature_cache", True)),
                            "head on cached features"))
     if scratch:
-        meta = experiment.weights_metadata(config)
         out.append(Variant("scratch", 0, (("weights", ""), ("model.arch", meta["arch"]),
                                           ("model.source", meta["source"]), ("freeze.frozen_depth", 0),
                                           ("feature_cache", False)), "random init, all trainable"))
@@ -77,22 +78,21 @@ def run_dir(workdir: str, variant: Variant, seed: int) -> str:
 def run_all(config: Any, workdir: str, runs: Sequence[Variant], seeds: Sequence[int] = (0,), *,
             train_fn: Callable[..., dict] | None = None, progress: bool | None = None, echo: bool = False,
             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train every (variant, seed) that has no result yet; return all results (with ``variant``, ``seed``)."""
-    train_fn = train_fn or experiment.train
+    """Train every (variant, seed) that has no result yet; return all results (with ``variant``, ``seed``).
+
+    ``run.train`` checks each run directory's config first: a finished run trained with another
+    config is refused, never silently reused."""
+    train_fn = train_fn or run.train
     results = []
     for v in runs:
         for seed in seeds:
             d = run_dir(workdir, v, seed)
-            done = experiment.read_result(d)
-            if done is not None:
-                log(f"[ablation] {v.name} seed {seed}: finished earlier, skipped")
-                res = done
-            else:
-                log(f"[ablation] {v.name} seed {seed}: training in {d}")
-                cfg = experiment.override(config, {**dict(v.overrides), "seed": int(seed)})
-                res = train_fn(cfg, d, progress=progress, echo=echo)
-                if not res.get("finished"):
-                    raise RuntimeError(f"run {d} did not finish: {res}")
+            finished = run.read_result(d) is not None
+            log(f"[ablation] {v.name} seed {seed}: " + ("finished earlier" if finished else f"training in {d}"))
+            cfg = override(config, {**dict(v.overrides), "seed": int(seed)})
+            res = train_fn(cfg, d, progress=progress, echo=echo)
+            if not res.get("finished"):
+                raise RuntimeError(f"run {d} did not finish: {res}")
             results.append({**res, "variant": v.name, "seed": int(seed), "depth": v.depth, "note": v.note,
                             "workdir": d})
     return results
@@ -186,7 +186,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
         ax.set_xlabel("frozen depth (stages frozen)")
         ax.set_ylabel(label)
         ax.set_xticks(x)
-        if log:
+        if log and any(v > 0 for v in y if v == v):   # a log axis needs a positive value (NaN != NaN)
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
