@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip_norm = 0.0       # 0: off; clips the trainable gradients only
 
     c.batch_size = 64                  # global batch, split over all devices and hosts
+    c.eval_batch_size = 0              # 0: batch_size (evaluation holds no gradients: larger is cheaper per image)
     c.num_epochs = 10
     c.num_steps = 0                    # > 0: this many optimizer steps instead of num_epochs
     c.label_smoothing = 0.0

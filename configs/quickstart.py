@@ -35,7 +35,7 @@ def get_config(stage: str = "finetune"):
         c.optim.learning_rate = 2e-3
         c.optim.warmup_epochs = 0.15
         c.batch_size = 256
-        c.num_steps = 250
+        c.num_steps = 200
         c.log_every_steps = 25
         c.checkpoint_every_steps = 50
     else:
@@ -47,7 +47,8 @@ def get_config(stage: str = "finetune"):
         c.optim.head_only_learning_rate = 1e-2      # a linear head on fixed features takes larger steps
         c.optim.warmup_epochs = 0.0
         c.batch_size = 10
-        c.num_steps = 60
+        c.eval_batch_size = 250
+        c.num_steps = 40
         c.log_every_steps = 20
         c.checkpoint_every_steps = 0                  # short runs: a finished one is kept by its result.json
     return c

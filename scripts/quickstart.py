@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     print(quickstart.format_table(summary))
     print()
     for s in summary["probe"]["settings"]:
-        print(f"stage probe, {s['labels_per_class']} labels/class: best stage -> frozen depth {s['probe_best_depth']}"
+        print(f"stage probe, {s['labels_per_class']} per class: its best stage means frozen depth {s['probe_best_depth']}"
               f" (ablation's best: {s['ablation_best_depth']}), Spearman rank correlation with the ablation over "
               f"depths 1-{len(s['probe_top1'])}: {s['spearman']:.2f}")
     print(f"\nwrote {os.path.join(os.path.abspath(_WORKDIR.value), 'summary.json')}, transfer_curve.png, "

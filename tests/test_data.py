@@ -365,3 +365,22 @@ def test_batch_larger_than_the_split_is_refused():
         make_dataset("synthetic", "train", batch_size=64, train=True, image_size=8, num_examples=10, **ONE)
     with pytest.raises(ValueError, match="multiple of the 2 processes"):
         make_dataset("synthetic", "train", batch_size=5, train=True, image_size=8, process_index=0, process_count=2)
+
+
+def test_images_already_at_size_skip_the_per_image_transform_exactly():
+    """Digits at 8x8 with whole-image crops and no flip: the stored images, as the per-image path gives them."""
+    from tl_jax.data.transform import eval_array, train_array
+
+    for train in (True, False):
+        ds = make_dataset("digits", "train", batch_size=8, train=train, image_size=8, resize_size=8,
+                          scale=(1.0, 1.0), **ONE)
+        src, t = ds.source, ds.ctx.transform
+        assert src._as_stored(t)
+        idx = np.arange(40)
+        per_image = np.stack([train_array(src.images[i], np.random.default_rng(i), t) if train
+                              else eval_array(src.images[i], t) for i in idx])
+        np.testing.assert_array_equal(src.transform_batch(ds.ctx, 0, idx), normalize(per_image, t))
+    # Any real augmentation takes the per-image path.
+    cropped = make_dataset("digits", "train", batch_size=8, train=True, image_size=8, resize_size=8,
+                           scale=(0.5, 1.0), **ONE)
+    assert not cropped.source._as_stored(cropped.ctx.transform)

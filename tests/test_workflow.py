@@ -16,7 +16,7 @@ from PIL import Image
 
 from tl_jax import preprocess
 from tl_jax.experiment import config as config_lib
-from tl_jax.experiment import logs, restore, run
+from tl_jax.experiment import logs, restore, run, setup
 from tl_jax.tree import flat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,3 +137,12 @@ def test_overrides_name_the_field_they_meant():
         config_lib.override(config, {"frozen_depth": 2})
     with pytest.raises(config_lib.ConfigError, match=r"did you mean optim.learning_rate"):
         config_lib.override(config, {"optim.learning_rat": 0.1})
+
+
+def test_missing_weights_name_the_command_that_makes_them_and_the_field():
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "resnet50_tf_flowers.py"),
+                                    {"weights": "weights/never_converted"})
+    with pytest.raises(FileNotFoundError, match=r"no converted weights at 'weights/never_converted' \(config field "
+                                                r"weights\).*convert_weights.py --arch ARCH --source SOURCE --output "
+                                                r"weights/never_converted.*--config.weights=''"):
+        setup.weights_metadata(config)

@@ -92,10 +92,6 @@ class FreezeSpec:
         """The spec in force at ``step`` (a fixed spec, no further unfreezing)."""
         return dataclasses.replace(self, frozen_depth=self.depth_at(step), unfreeze_every=0, unfreeze_until=0)
 
-    def change_steps(self, num_steps: int) -> list[int]:
-        """Steps in ``[1, num_steps)`` at which the frozen set changes (each recompiles the step)."""
-        return [s for s in range(1, num_steps) if self.depth_at(s) != self.depth_at(s - 1)]
-
     # --- the optimizer half ---------------------------------------------
     def is_frozen(self, path: str) -> bool:
         stage = path.split("/", 1)[0]

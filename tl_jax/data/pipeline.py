@@ -152,6 +152,8 @@ class ArraySource(IndexedSource):
 
     def transform_batch(self, ctx: Context, epoch: int, indices: np.ndarray) -> np.ndarray:
         t = ctx.transform
+        if self._as_stored(t):
+            return normalize(self.images[indices], t)
         if t.train:
             out = [train_array(self.images[i], np.random.default_rng((ctx.seed, 1, epoch, int(i))), t)
                    for i in indices]
@@ -159,6 +161,17 @@ class ArraySource(IndexedSource):
             out = [eval_array(self.images[i], t) for i in indices]
         stacked = np.stack(out) if out else np.zeros((0, t.image_size, t.image_size, 3), np.uint8)
         return normalize(stacked, t)
+
+    def _as_stored(self, t: Transform) -> bool:
+        """True when the transform returns the stored image unchanged: square images already at the
+        output size, and in training a crop of the whole area (the only one that fits when the aspect
+        range holds 1) and no flip. The small digits and glyphs at their own size take this path."""
+        h, w = self.images.shape[1:3]
+        if not h == w == t.image_size:
+            return False
+        if not t.train:
+            return t.resize_size == t.image_size
+        return t.scale[0] >= 1.0 and t.ratio[0] <= 1.0 <= t.ratio[1] and not t.flip
 
     def batches(self, ctx: Context, start_step: int) -> Iterator[Batch]:
         for epoch, row in self.plan(ctx, start_step):

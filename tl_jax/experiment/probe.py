@@ -99,7 +99,7 @@ def head_setup(exp: Experiment, workdir: str) -> tuple[loop.Setup, str, dict[str
     evals, e_stats = None, None
     if exp.eval_data is not None:
         eval_f, eval_y, e_stats = cached_features(exp, workdir, c.data.eval_split, "eval", 1)
-        evals = lambda: eval_batches(eval_f, eval_y, int(c.batch_size))  # noqa: E731
+        evals = lambda: eval_batches(eval_f, eval_y, int(c.eval_batch_size or c.batch_size))  # noqa: E731
     computed = [st for st in (t_stats, e_stats) if st and not st["hit"]]
     seconds = sum(st["seconds"] for st in computed)
     rows = sum(st["rows"] for st in computed)
@@ -198,8 +198,9 @@ def cached_features(exp: Experiment, workdir: str, split: str, role: str, views:
         return hit[0], hit[1], {"hit": True, "seconds": time.time() - t0, "rows": len(hit[1]), "path": path}
     backbone = exp.setup.model.for_training(len(exp.info["stage_names"]) - 1, None)
     variables = exp.setup.variables
-    if views == 1:
-        data = make_data(exp.config, exp.metadata, split, train=False, role=role)
+    if views == 1:   # extraction holds no gradients: the evaluation batch size
+        data = make_data(exp.config, exp.metadata, split, train=False, role=role,
+                         batch_size=int(exp.config.eval_batch_size) or None)
         feats, labels = extract(backbone, variables, data.batches(0))
     else:
         data = make_data(exp.config, exp.metadata, split, train=True, role=role)

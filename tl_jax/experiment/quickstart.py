@@ -34,11 +34,11 @@ SHOTS = (1, 3, 10)
 
 
 def run_quickstart(config_file: str, workdir: str, *, seeds: Sequence[int] = (0,), shots: Sequence[int] = SHOTS,
-                   overrides: dict[str, Any] | None = None, progress: bool | None = None,
+                   depths: str = "all", overrides: dict[str, Any] | None = None, progress: bool | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Everything above, from ``configs/quickstart.py`` (``config_file``) into ``workdir``; returns the summary.
 
-    ``overrides`` apply to both of its configs (e.g. fewer steps in tests).
+    ``depths`` and ``overrides`` (applied to both of its configs) make smaller versions, e.g. in tests.
     """
     t0 = time.time()
     workdir = os.path.abspath(workdir)
@@ -61,7 +61,7 @@ def run_quickstart(config_file: str, workdir: str, *, seeds: Sequence[int] = (0,
     for k in shots:
         config = override(load_config(config_file), {**(overrides or {}), "weights": store,
                                                      "data.labels_per_class": int(k)})
-        variants = ablation.variants(config, "all", scratch=True, probe_cache=True)
+        variants = ablation.variants(config, depths, scratch=True, probe_cache=True)
         results = ablation.run_all(config, os.path.join(workdir, f"labels{k}"), variants, seeds, progress=progress,
                                    log=lambda m: log(f"    [{k} labels/class] " + m.removeprefix("[ablation] ")))
         by_shots[k] = results
@@ -106,12 +106,12 @@ def _probe_vs_ablation(probe: dict[str, Any], records: Sequence[dict[str, Any]],
         probe_top1 = [r["top1_mean"] for r in probe["rows"] if r["shots"] == k]
         depth = {r["frozen_depth"]: r["top1_mean"] for r in records
                  if r["labels_per_class"] == k and r["variant"].startswith("depth")}
-        ablation_top1 = [depth[i + 1] for i in range(len(probe_top1))]
+        paired = sorted(d for d in depth if 1 <= d <= len(probe_top1))     # frozen depth d = features after stage d-1
         best_probe = max(range(len(probe_top1)), key=probe_top1.__getitem__) + 1
-        best_depth = max(depth, key=depth.get)
-        out["settings"].append({"labels_per_class": k, "probe_top1": probe_top1, "ablation_top1": ablation_top1,
-                                "spearman": stage_probe.spearman(probe_top1, ablation_top1),
-                                "probe_best_depth": best_probe, "ablation_best_depth": best_depth})
+        out["settings"].append({
+            "labels_per_class": k, "probe_top1": probe_top1, "ablation_top1": {d: depth[d] for d in sorted(depth)},
+            "spearman": stage_probe.spearman([probe_top1[d - 1] for d in paired], [depth[d] for d in paired]),
+            "probe_best_depth": best_probe, "ablation_best_depth": max(depth, key=depth.get)})
     return out
 
 
@@ -178,7 +178,7 @@ def plot_depths(records: Sequence[dict[str, Any]], path: str) -> None:
         color = f"C{i}"
         ax.errorbar([r["frozen_depth"] for r in depth], [100 * r["top1_mean"] for r in depth],
                     yerr=[100 * r["top1_std"] for r in depth], fmt="o-", color=color, capsize=3,
-                    label=f"{k} labels/class")
+                    label=f"{k} label{'s' if k != 1 else ''}/class")
         scratch = next(r for r in rs if r["variant"] == "scratch")
         ax.axhline(100 * scratch["top1_mean"], color=color, linestyle="--", linewidth=1)
         probe = next(r for r in rs if r["variant"] == "probe_cache")

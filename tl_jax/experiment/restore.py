@@ -73,7 +73,8 @@ def evaluate_run(workdir: str, checkpoint: str | int = "latest", *, split: str |
         raise ValueError("the run has no eval split; pass --split")
     metadata = {"preprocessing": r.info["preprocessing"], "input_size": r.info["image_size"]}
     config = override(r.config, {"data.image_size": r.info["image_size"]})
-    data = make_data(config, metadata, split, train=False, source=source, batch_size=batch_size)
+    data = make_data(config, metadata, split, train=False, source=source,
+                     batch_size=batch_size or int(config.get("eval_batch_size", 0)) or None)
     if data.num_classes != r.info["num_classes"]:
         raise ValueError(f"{data.name} {split!r} has {data.num_classes} classes, the model {r.info['num_classes']}")
     dp = DataParallel("none")

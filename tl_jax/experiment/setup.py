@@ -44,7 +44,8 @@ def prepare(config: Any) -> Experiment:
     metadata = weights_metadata(config)
     spec = _checked(lambda: FreezeSpec.from_config(config.freeze, metadata["stage_names"]))
     train_data = make_data(config, metadata, config.data.train_split, train=True)
-    eval_data = make_data(config, metadata, config.data.eval_split, train=False) if config.data.eval_split else None
+    eval_data = make_data(config, metadata, config.data.eval_split, train=False,
+                          batch_size=int(config.eval_batch_size) or None) if config.data.eval_split else None
     classes = train_data.num_classes
     if config.data.num_classes and config.data.num_classes != classes:
         raise ConfigError(f"data.num_classes={config.data.num_classes} but {config.data.source} "
@@ -55,8 +56,9 @@ def prepare(config: Any) -> Experiment:
     model, variables = build_model(config, metadata, classes)
     _checked(lambda: spec.check(variables["params"]))
     dp = DataParallel(config.parallel, sync_bn=bool(config.sync_bn))
-    if int(config.batch_size) % dp.num_devices:
-        raise ConfigError(f"batch_size {config.batch_size} does not split over {dp.num_devices} devices")
+    for field in ("batch_size", "eval_batch_size"):
+        if int(config[field]) % dp.num_devices:
+            raise ConfigError(f"{field} {config[field]} does not split over {dp.num_devices} devices")
     spe = train_data.steps_per_epoch
     head_only = spec.frozen_depth == len(spec.stage_names) - 1 and not spec.unfreeze_every
     lr = config.optim.head_only_learning_rate if head_only and config.optim.head_only_learning_rate > 0 \
@@ -98,7 +100,8 @@ def validate(config: Any, stage_names: Sequence[str] | None = None) -> None:
         raise ConfigError(f"data.source {config.data.source!r} is not one of {', '.join(SOURCES)}")
     if config.parallel not in KINDS:
         raise ConfigError(f"parallel {config.parallel!r} is not one of {', '.join(KINDS)}")
-    checks = {"batch_size >= 1": config.batch_size >= 1, "feature_cache_views >= 1": config.feature_cache_views >= 1,
+    checks = {"batch_size >= 1": config.batch_size >= 1, "eval_batch_size >= 0": config.eval_batch_size >= 0,
+              "feature_cache_views >= 1": config.feature_cache_views >= 1,
               "num_epochs or num_steps > 0": config.num_epochs > 0 or config.num_steps > 0,
               "log_every_steps >= 1": config.log_every_steps >= 1,
               "checkpoint_every_steps >= 0": config.checkpoint_every_steps >= 0,
@@ -185,11 +188,11 @@ def weights_metadata(config: Any) -> dict[str, Any]:
     if not config.weights:
         return store.build_metadata(config.model.arch, config.model.source, None, class_names=None)
     if not os.path.isdir(config.weights):
-        meta = registry.info(config.model.arch, config.model.source)
         raise FileNotFoundError(
-            f"no converted weights at {config.weights!r} (config field weights): convert them with `python "
-            f"scripts/convert_weights.py --arch {meta.arch} --source {meta.source} --output {config.weights}`, "
-            f"point --config.weights at another directory, or train from scratch with --config.weights=''")
+            f"no converted weights at {config.weights!r} (config field weights): make them with `python "
+            f"scripts/convert_weights.py --arch ARCH --source SOURCE --output {config.weights}` (a recipe's "
+            f"docstring gives its command), point --config.weights at another directory, or train from scratch "
+            f"with --config.weights=''")
     return store.read_metadata(config.weights)
 
 

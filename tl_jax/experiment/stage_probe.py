@@ -46,13 +46,19 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, num_classes: int, lam: float) -> tup
 
 
 def loo_accuracy(x: np.ndarray, y: np.ndarray, num_classes: int, lam: float) -> float:
-    """Exact leave-one-out accuracy of ridge on centred data: residual_i / (1 - H_ii)."""
+    """Exact leave-one-out accuracy of :func:`ridge_fit`, without refitting.
+
+    Ridge with an unpenalised intercept is a linear smoother with hat matrix
+    ``H = 11^T / n + K (K + lam I)^-1`` (``K = Xc Xc^T``), and for such a smoother the prediction
+    for example i of the fit without it is ``y_i - (y_i - (H y)_i) / (1 - H_ii)``.
+    """
+    n = len(y)
     targets = np.eye(num_classes)[y]
-    xc, yc = x - x.mean(0), targets - targets.mean(0)
+    xc = x - x.mean(0)
     k = xc @ xc.T
-    hat = k @ np.linalg.inv(k + lam * np.eye(len(x)))
-    residual = (yc - hat @ yc) / np.maximum(1.0 - np.diag(hat), 1e-12)[:, None]
-    return float(((yc - residual).argmax(1) == y).mean())
+    hat = np.full((n, n), 1.0 / n) + k @ np.linalg.inv(k + lam * np.eye(n))
+    residual = (targets - hat @ targets) / np.maximum(1.0 - np.diag(hat), 1e-12)[:, None]
+    return float(((targets - residual).argmax(1) == y).mean())
 
 
 def choose_lambda(x: np.ndarray, y: np.ndarray, num_classes: int) -> float:
@@ -175,7 +181,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     for shots in dict.fromkeys(r["shots"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["shots"] == shots]
         ax.errorbar(range(len(rows)), [100 * r["top1_mean"] for r in rows], yerr=[100 * r["top1_std"] for r in rows],
-                    marker="o", capsize=3, label=f"{shots} labels/class")
+                    marker="o", capsize=3, label=f"{shots} label{'s' if shots != 1 else ''}/class")
     ax.set_xticks(range(len(stages)), stages)
     ax.set_xlabel("features after stage")
     ax.set_ylabel("ridge probe top-1 (%)")

@@ -51,11 +51,6 @@ class ModelConfig:
     def input_size(self) -> int:
         return preprocess.SPECS[self.preprocessing].crop_size
 
-    @property
-    def backbone_stages(self) -> tuple[str, ...]:
-        """Every stage but the head: ``frozen_depth`` ranges over 0..len(backbone_stages)."""
-        return self.stage_names[:-1]
-
 
 def _tv(file: str, top1: float) -> WeightsFile:
     return WeightsFile(TORCHVISION_BASE + file, "sha256", file.rsplit("-", 1)[1].split(".")[0], top1)
