@@ -1,7 +1,14 @@
 """Test-session setup shared by every test file."""
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# One persistent XLA compilation cache for the session, shared by both pytest-xdist workers and every
+# subprocess the tests start: many tests compile the same small programs (ResNet-18 steps at 8 or 32 px).
+# A fresh directory per test run, so nothing carries over between runs.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"tl_jax_tests_xla_{_run}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 try:
     # torchvision (through triton) segfaults when imported after TensorFlow in one process: load it first.

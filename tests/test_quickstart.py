@@ -37,9 +37,9 @@ def test_glyphs_are_broad_printed_characters_coarsened_like_the_digits():
 def test_quickstart_writes_the_summary_curve_and_ablation_and_reuses_its_runs(tmp_path):
     work = str(tmp_path / "qs")
     lines = []
-    summary = quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1, 2), depths="0,5", overrides=TINY,
+    summary = quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1, 2), depths="5", overrides=TINY,
                                         progress=False, log=lines.append)
-    variants = {"depth0", "depth5", "probe_cache", "scratch"}
+    variants = {"depth5", "probe_cache", "scratch"}
     assert {(r["labels_per_class"], r["variant"]) for r in summary["records"]} == {
         (k, v) for k in (1, 2) for v in variants}
     for r in summary["records"]:
@@ -47,7 +47,7 @@ def test_quickstart_writes_the_summary_curve_and_ablation_and_reuses_its_runs(tm
                           "trainable_params", "train_images_per_s", "wall_s"}
         assert 0 <= r["top1_mean"] <= 1 and r["seeds"] == [0]
     head_only = {r["variant"]: r["trainable_params"] for r in summary["records"] if r["labels_per_class"] == 1}
-    assert head_only["depth5"] == head_only["probe_cache"] == 512 * 10 + 10 < head_only["depth0"]
+    assert head_only["depth5"] == head_only["probe_cache"] == 512 * 10 + 10 < head_only["scratch"]
     assert json.load(open(os.path.join(work, "summary.json")))["records"] == summary["records"]
     for png in ("transfer_curve.png", "frozen_depth.png", "stage_probe/probe.png"):
         assert open(os.path.join(work, png), "rb").read(4) == b"\x89PNG", png
@@ -58,10 +58,10 @@ def test_quickstart_writes_the_summary_curve_and_ablation_and_reuses_its_runs(tm
     assert [s["labels_per_class"] for s in probe] == [1, 2] and len(probe[0]["probe_top1"]) == 5
     assert "| probe_cache | 5,130 |" in quickstart.format_table(summary)
 
-    again = quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1, 2), depths="0,5", overrides=TINY,
+    again = quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1, 2), depths="5", overrides=TINY,
                                       progress=False, log=lines.append)
     assert again["records"] == summary["records"]
     assert again["probe"]["extract_s"] == 0.0
     with pytest.raises(ValueError, match="another config"):        # a changed recipe needs a new workdir
-        quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1,), depths="0", overrides={**TINY, "seed": 1},
+        quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1,), depths="5", overrides={**TINY, "seed": 1},
                                   progress=False, log=lines.append)

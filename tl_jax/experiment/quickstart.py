@@ -142,14 +142,20 @@ def plot_curve(records: Sequence[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     shots = sorted({r["labels_per_class"] for r in records})
-    pick = {"full fine-tune (pretrained)": lambda rs: next(r for r in rs if r["variant"] == "depth0"),
+
+    def variant(name: str) -> Callable:
+        return lambda rs: next((r for r in rs if r["variant"] == name), None)
+
+    pick = {"full fine-tune (pretrained)": variant("depth0"),
             "best frozen depth (chosen on eval: oracle)": lambda rs: max(
-                (r for r in rs if r["variant"].startswith("depth")), key=lambda r: r["top1_mean"]),
-            "linear probe on cached features": lambda rs: next(r for r in rs if r["variant"] == "probe_cache"),
-            "from scratch, same budget": lambda rs: next(r for r in rs if r["variant"] == "scratch")}
+                (r for r in rs if r["variant"].startswith("depth")), key=lambda r: r["top1_mean"], default=None),
+            "linear probe on cached features": variant("probe_cache"),
+            "from scratch, same budget": variant("scratch")}
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for (label, choose), style in zip(pick.items(), ("o-", "^:", "s--", "x-")):
         chosen = [choose([r for r in records if r["labels_per_class"] == k]) for k in shots]
+        if None in chosen:      # a smaller run without that variant
+            continue
         ax.errorbar(shots, [100 * r["top1_mean"] for r in chosen], yerr=[100 * r["top1_std"] for r in chosen],
                     fmt=style, capsize=3, label=label)
     ax.set_xscale("log")
