@@ -1,8 +1,8 @@
 """The offline quickstart (scripts/quickstart.py): a broad source task, a few-label target, every frozen depth.
 
-  configs/quickstart.py:pretrain   ResNet-18 (torchvision layout) from scratch on 21,600 printed glyphs:
+  configs/quickstart.py:pretrain   ResNet-18 (torchvision layout) from scratch on 18,000 printed glyphs:
                                    62 characters in 21 typefaces, coarsened to 8x8 like the digits
-                                   (tl_jax/data/glyphs.py); 2,400 more are its held-out test split
+                                   (tl_jax/data/glyphs.py); 2,000 more are its held-out test split
   configs/quickstart.py            fine-tune on scikit-learn's handwritten digits with ``labels_per_class``
                                    labels per digit, drawn from the first 20% of the digits; evaluated on
                                    the other 80% (1,438 images, the same for every setting)
@@ -33,9 +33,9 @@ def get_config(stage: str = "finetune"):
         c.data.train_split, c.data.eval_split = "train", "test"
         c.model.head_init = "lecun"
         c.optim.learning_rate = 2e-3
-        c.optim.warmup_epochs = 0.15
+        c.optim.warmup_epochs = 0.15               # 11 steps
         c.batch_size = 256
-        c.num_steps = 200
+        c.num_steps = 180
         c.log_every_steps = 25
         c.checkpoint_every_steps = 50
     else:

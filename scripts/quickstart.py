@@ -1,9 +1,9 @@
 """Offline quickstart: pretrain on printed glyphs, save as pretrained weights, transfer to handwritten digits.
 
-  python scripts/quickstart.py                          # one seed, about 5 minutes on a 2-core CPU
+  python scripts/quickstart.py                          # one seed, about 4 minutes on a 2-core CPU
   python scripts/quickstart.py --seeds=0,1,2            # mean and spread over three seeds
 
-1. Pretrains a ResNet-18 (torchvision layout) from scratch on 21,600 printed characters (62 classes,
+1. Pretrains a ResNet-18 (torchvision layout) from scratch on 18,000 printed characters (62 classes,
    21 typefaces, coarsened to 8x8 like the digits), configs/quickstart.py:pretrain; cached in WORKDIR.
 2. Saves it with save_pretrained: the format scripts/convert_weights.py writes for ImageNet weights.
 3. Fine-tunes on scikit-learn's handwritten digits with 1, 3 and 10 labels per class at every frozen

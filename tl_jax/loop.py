@@ -16,6 +16,7 @@ step of each compiled program (compilation) and stops during evaluations and che
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -94,6 +95,12 @@ class _Program:
     evaluate: Callable
 
 
+# Programs of earlier runs in this process, by everything their computation depends on: a sweep or an
+# ablation repeating a configuration (another seed, other labels) reuses the traced and compiled steps.
+_RECENT: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
+_RECENT_SIZE = 16
+
+
 class _Programs:
     """One program per frozen depth (gradual unfreezing changes it), each built once."""
 
@@ -103,14 +110,28 @@ class _Programs:
     def at(self, step: int) -> _Program:
         spec = self.setup.freeze.at_step(step)
         if spec.frozen_depth not in self._built:
-            s, dp = self.setup, self.setup.parallel
-            params, stats = s.variables["params"], s.variables.get("batch_stats", {})
-            model = s.model.for_training(spec.frozen_depth, dp.bn_axis_name)
-            self._built[spec.frozen_depth] = _Program(
-                spec.frozen_depth, model, make_optimizer(s.optim, spec, params, s.num_steps),
-                dp.train_step(label_smoothing=s.label_smoothing, frozen_stats=spec.frozen_stats(params, stats)),
-                dp.eval_step(model.apply))
+            key = self._key(spec)
+            if key not in _RECENT:
+                _RECENT[key] = self._build(spec)
+                while len(_RECENT) > _RECENT_SIZE:
+                    _RECENT.popitem(last=False)
+            _RECENT.move_to_end(key)
+            self._built[spec.frozen_depth] = _RECENT[key]
         return self._built[spec.frozen_depth]
+
+    def _build(self, spec: FreezeSpec) -> _Program:
+        s, dp = self.setup, self.setup.parallel
+        params, stats = s.variables["params"], s.variables.get("batch_stats", {})
+        model = s.model.for_training(spec.frozen_depth, dp.bn_axis_name)
+        return _Program(spec.frozen_depth, model, make_optimizer(s.optim, spec, params, s.num_steps),
+                        dp.train_step(label_smoothing=s.label_smoothing, frozen_stats=spec.frozen_stats(params, stats)),
+                        dp.eval_step(model.apply))
+
+    def _key(self, spec: FreezeSpec) -> tuple:
+        s, dp = self.setup, self.setup.parallel
+        leaves, treedef = jax.tree.flatten(dict(s.variables))
+        return (s.model, spec, s.optim, s.num_steps, s.label_smoothing, dp.kind, dp.sync_bn,
+                tuple(d.id for d in dp.mesh.devices.flat), treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
 
     def initial_state(self, step: int) -> TrainState:
         p = self.at(step)

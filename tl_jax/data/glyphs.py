@@ -30,7 +30,7 @@ from tl_jax.data.pipeline import ArraySource
 
 CHARACTERS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 TRAIN_FRACTION = 0.9
-NUM_EXAMPLES = 24_000
+NUM_EXAMPLES = 20_000
 # Text faces among matplotlib's bundled fonts (the others are symbol and math-extension fonts).
 _FACES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
           "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
