@@ -176,10 +176,10 @@ def fit(setup: Setup, workdir: str | None = None, *, log: Log | None = None,
         batches = iter(setup.train_data(position))
         try:
             for step in range(start, end):
-                compiles = step == start or programs.at(step) is not program
-                if programs.at(step) is not program:   # gradual unfreezing: new partition, recompiled step
-                    program = programs.at(step)
-                    state = programs.repartition(state, program)
+                current = programs.at(step)
+                compiles = step == start or current is not program
+                if current is not program:   # gradual unfreezing: new partition, recompiled step
+                    program, state = current, programs.repartition(state, current)
                     log({"event": "unfreeze", "step": step, "frozen_depth": program.depth})
                 batch = dp.put_batch(next(batches))
                 state, metrics = program.train(state, batch)

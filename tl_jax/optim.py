@@ -18,7 +18,6 @@ import dataclasses
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from tl_jax.freeze import FROZEN, TRAINABLE, FreezeSpec
