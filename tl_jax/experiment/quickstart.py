@@ -160,14 +160,8 @@ def plot_curve(records: Sequence[dict[str, Any]], path: str) -> None:
                     fmt=style, capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(k) for k in shots])
-    ax.set_xlabel("labelled digits per class")
-    ax.set_ylabel("top-1 on 1,438 held-out digits (%)")
-    ax.set_title("ResNet-18 pretrained on printed glyphs -> handwritten digits")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, "labelled digits per class", "top-1 on 1,438 held-out digits (%)",
+          "ResNet-18 pretrained on printed glyphs -> handwritten digits")
 
 
 def plot_depths(records: Sequence[dict[str, Any]], path: str) -> None:
@@ -189,9 +183,16 @@ def plot_depths(records: Sequence[dict[str, Any]], path: str) -> None:
         ax.axhline(100 * scratch["top1_mean"], color=color, linestyle="--", linewidth=1)
         probe = next(r for r in rs if r["variant"] == "probe_cache")
         ax.plot([probe["frozen_depth"]], [100 * probe["top1_mean"]], marker="s", color=color, linestyle="none")
-    ax.set_xlabel("frozen depth (0: full fine-tune; 5: only the head trains; square: cached-feature probe)")
-    ax.set_ylabel("top-1 on held-out digits (%)")
-    ax.set_title("frozen-depth ablation (dashed: from scratch)")
+    _save(fig, ax, path, "frozen depth (0: full fine-tune; 5: only the head trains; square: cached-feature probe)",
+          "top-1 on held-out digits (%)", "frozen-depth ablation (dashed: from scratch)")
+
+
+def _save(fig: Any, ax: Any, path: str, xlabel: str, ylabel: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
