@@ -31,7 +31,7 @@ def random_variables(model, size: int = SIZE, seed: int = 0, calibrate: bool = F
     import jax
     import numpy as np
     from tl_jax.freeze import path_str
-    from tl_jax.weights.convert import variables_template
+    from tl_jax.models.init import variables_template
     shapes = variables_template(model, size)
     rng = np.random.default_rng(seed)
 

@@ -27,7 +27,8 @@ import pytest
 from references import (PARITY_TOL, assert_parity, keras_reference, logits_and_features, parity_error, save_keras_h5,
                         torch_logits_and_activation, torchvision_reference)
 from tl_jax.models import registry
-from tl_jax.weights.convert import ConversionError, variables_template
+from tl_jax.models.init import variables_template
+from tl_jax.weights.convert import ConversionError
 from tl_jax.weights.keras import convert_keras, read_h5_weights
 from tl_jax.weights.maps import inception as inception_map
 from tl_jax.weights.torchvision import convert_torchvision

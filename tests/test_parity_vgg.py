@@ -31,7 +31,8 @@ import torchvision
 from references import (assert_parity, keras_reference, logits_and_features, torch_logits_and_activation,
                         torchvision_reference)
 from tl_jax.models import registry
-from tl_jax.weights.convert import ConversionError, variables_template
+from tl_jax.models.init import variables_template
+from tl_jax.weights.convert import ConversionError
 from tl_jax.weights.keras import convert_keras
 from tl_jax.weights.torchvision import convert_torchvision
 

@@ -26,6 +26,7 @@ from tl_jax import optim, tree
 from tl_jax.bench import torch_peer
 from tl_jax.freeze import FreezeSpec
 from tl_jax.models import registry
+from tl_jax.models.init import init_variables
 from tl_jax.parallel import KINDS, DataParallel
 from tl_jax.step import TrainState
 
@@ -72,28 +73,20 @@ def _check(dtype: str, parallel: str, steps: int, chunks: int, peer: str = "") -
         raise ValueError(f"need steps >= 1 and chunks >= 1, got {steps} and {chunks}")
 
 
-def init_variables(arch: str, source: str, *, num_classes: int, resolution: int, seed: int = 0) -> dict[str, Any]:
-    """The model's own random initialisation, on the host (the same at every frozen depth). Drawn with
-    the ``rbg`` PRNG: same initialisers, but it compiles in about half the time of the default one."""
-    model = registry.info(arch, source).build(num_classes=num_classes)
-    x = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
-    return jax.device_get(jax.jit(lambda k: model.init(k, x))(jax.random.key(seed, impl="rbg")))
-
-
 def bench_step(arch: str, source: str, frozen_depth: int, *, batch: int, resolution: int, dtype: str,
                parallel: str, steps: int, chunks: int, num_classes: int, seed: int = 0,
                variables: Any = None) -> dict[str, Any]:
     """One tl_jax training step at ``frozen_depth``: images/s (median of ``chunks`` chunks of ``steps``
     steps), compile time, peak device memory, optimizer-state bytes, parameter counts and the
-    convolutions in the compiled step. ``variables``: host variables from :func:`init_variables`
-    (default: initialised here)."""
+    convolutions in the compiled step. ``variables``: host variables (default:
+    ``tl_jax.models.init.init_variables``, drawn here)."""
     _check(dtype, parallel, steps, chunks)
     config = registry.info(arch, source)
     spec = FreezeSpec(config.stage_names, frozen_depth)
     dp = DataParallel(kind=parallel)
     model = training_model(config, spec, dp, num_classes=num_classes, dtype=dtype)
     if variables is None:
-        variables = init_variables(arch, source, num_classes=num_classes, resolution=resolution, seed=seed)
+        variables = init_variables(config.build(num_classes=num_classes), resolution, seed)
     params, stats = variables["params"], variables.get("batch_stats", {})
     tx = optim.make_optimizer(optim.OptimConfig(name="sgd", learning_rate=0.01, momentum=0.9), spec, params,
                               total_steps=10_000)
@@ -152,7 +145,7 @@ def run(arch: str = "resnet50", source: str = "torchvision", depths: Sequence[in
     if echo:
         print(json.dumps({"env": env}), flush=True)
     results: list[dict[str, Any]] = []
-    variables = init_variables(config.arch, source, num_classes=num_classes, resolution=resolution, seed=seed)
+    variables = init_variables(config.build(num_classes=num_classes), resolution, seed)
     full_img_s = None
     for depth in depths:
         r = bench_step(config.arch, source, depth, batch=batch, resolution=resolution, dtype=dtype,

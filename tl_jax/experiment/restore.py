@@ -20,8 +20,9 @@ from tl_jax.experiment.config import CHECKPOINTS, CONFIG, RUN, from_dict, overri
 from tl_jax.experiment.run import read_json
 from tl_jax.experiment.setup import make_data
 from tl_jax.models import registry
+from tl_jax.models.init import variables_template
 from tl_jax.parallel import DataParallel
-from tl_jax.weights import convert, store
+from tl_jax.weights import store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,7 @@ def restore_run(workdir: str, checkpoint: str | int = "latest") -> Restored:
     config, info = from_dict(read_json(os.path.join(workdir, CONFIG))), read_json(os.path.join(workdir, RUN))
     model = registry.create(info["arch"], info["source"], num_classes=info["num_classes"],
                             dtype=jax.numpy.dtype(info.get("dtype", config.model.dtype)))
-    template = convert.variables_template(model, info["image_size"])
+    template = variables_template(model, info["image_size"])
     with Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=int(config.keep_checkpoints), async_save=False) as ck:
         steps = ck.all_steps()
         if not steps:

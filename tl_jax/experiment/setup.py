@@ -6,11 +6,9 @@ read before ``validate`` has accepted every value, so a wrong value costs second
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,10 +17,10 @@ from tl_jax.data import SOURCES, Dataset, UnreadableImagesError, make_dataset
 from tl_jax.experiment.config import ConfigError, override
 from tl_jax.freeze import FreezeSpec
 from tl_jax.models import registry
+from tl_jax.models.init import init_variables
 from tl_jax.optim import OptimConfig
 from tl_jax.parallel import KINDS, DataParallel
-from tl_jax.tree import path_str
-from tl_jax.weights import convert, store
+from tl_jax.weights import store
 
 HEAD_INITS = ("lecun", "zeros")
 
@@ -194,31 +192,6 @@ def weights_metadata(config: Any) -> dict[str, Any]:
             f"docstring gives its command), point --config.weights at another directory, or train from scratch "
             f"with --config.weights=''")
     return store.read_metadata(config.weights)
-
-
-def init_variables(model: Any, size: int, seed: int = 0) -> dict[str, Any]:
-    """Random variables with Flax's default initialisers, drawn on the host with numpy.
-
-    Same distributions as ``model.init`` (LeCun-normal truncated kernels, zero biases, unit
-    BatchNorm scale and variance, zero means) without compiling the initialiser, which takes
-    about 15 s for a ResNet on a small CPU. ``seed`` makes it deterministic.
-    """
-    shapes = convert.variables_template(model, size)
-    rng = np.random.default_rng(seed)
-    fills = {"bias": np.zeros, "mean": np.zeros, "scale": np.ones, "var": np.ones}
-
-    def fill(path, x):
-        name = path_str(path).rsplit("/", 1)[-1]
-        if name == "kernel":  # variance_scaling(1, "fan_in", "truncated_normal"): redraw beyond 2 sigma
-            z = rng.standard_normal(x.shape)
-            while (bad := np.abs(z) > 2).any():
-                z[bad] = rng.standard_normal(int(bad.sum()))
-            std = math.sqrt(1.0 / int(np.prod(x.shape[:-1]))) / 0.87962566103423978
-            return (z * std).astype(x.dtype)
-        if name not in fills:
-            raise ValueError(f"init_variables: no initialiser for {path_str(path)!r}")
-        return fills[name](x.shape, x.dtype)
-    return jax.tree_util.tree_map_with_path(fill, dict(shapes))
 
 
 def build_model(config: Any, metadata: Mapping[str, Any], num_classes: int) -> tuple[Any, dict[str, Any]]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -90,9 +88,3 @@ def assemble(template: Mapping[str, Any], entries: Mapping[tuple[str, ...], tupl
         raise ConversionError("\n".join(lines))
     return traverse_util.unflatten_dict(
         {p: np.asarray(entries[p][1], dtype=t.dtype) for p, t in flat_t.items()})
-
-
-def variables_template(model: Any, input_size: int) -> dict[str, Any]:
-    """Shapes of ``model``'s variables, without allocating or computing anything."""
-    x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
-    return dict(jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x))

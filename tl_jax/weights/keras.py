@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tl_jax.models import registry
+from tl_jax.models.init import variables_template
 from tl_jax.weights import convert, maps
 
 
@@ -66,5 +67,5 @@ def convert_keras(arch: str, source: str | os.PathLike, model: Any = None) -> di
         model = info.build(num_classes=int(head.shape[0]) if head is not None else None)  # a _notop file
     weights = fam.keras_canonical_names(raw)
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
-    return convert.assemble(convert.variables_template(model, info.input_size), entries, unmatched,
+    return convert.assemble(variables_template(model, info.input_size), entries, unmatched,
                             what=f"Keras weights for {arch}")

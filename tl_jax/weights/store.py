@@ -28,7 +28,7 @@ from flax import traverse_util
 
 from tl_jax import preprocess
 from tl_jax.models import registry
-from tl_jax.weights import convert
+from tl_jax.models.init import variables_template
 
 CHECKPOINT = "checkpoint"
 METADATA = "metadata.json"
@@ -201,7 +201,7 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     stored_classes = metadata["num_classes"]  # None: the store holds a backbone without head
     num_classes = stored_classes if num_classes is None else int(num_classes)
     stored_model = info.build(num_classes=stored_classes, **model_kwargs)
-    template = convert.variables_template(stored_model, info.input_size)
+    template = variables_template(stored_model, info.input_size)
 
     try:
         with ocp.StandardCheckpointer() as ckptr:

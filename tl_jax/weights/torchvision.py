@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tl_jax.models import registry
+from tl_jax.models.init import variables_template
 from tl_jax.weights import convert, maps
 
 
@@ -48,6 +49,6 @@ def convert_torchvision(arch: str, source: str | os.PathLike | Mapping[str, Any]
         model = info.build(num_classes=int(state[info.head_key].shape[0]) if info.head_key in state else 1000)
     rules = maps.family(info.family).torchvision_rules(info)
     entries, unmatched = convert.apply_rules(state, rules)
-    return convert.assemble(convert.variables_template(model, info.input_size), entries, unmatched,
+    return convert.assemble(variables_template(model, info.input_size), entries, unmatched,
                             what=f"torchvision weights for {arch}")
 
