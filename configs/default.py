@@ -35,7 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.skip_corrupt = False        # skip unreadable images with a warning instead of failing
     c.data.classes = ()                # digits: the digits to keep, relabelled 0..k-1 in this order (empty: all)
     c.data.labels_per_class = 0        # digits, glyphs: keep this many labelled examples per class (0: all)
-    c.data.label_seed = -1             # ... drawn with this seed (-1: the run's seed, so seeds vary the labels)
+    c.data.label_seed = -1             # ... drawn with this seed (-1: data.seed, so seeds vary the labels)
+    c.data.seed = -1                   # order and augmentation of the training data (-1: the run's seed). A sweep
+                                       # over seed fixes it, so its members differ only in head init and dropout
     c.data.num_examples = 0            # synthetic: examples per split (0: 256); its classes: num_classes or 10.
                                        # glyphs: examples rendered (0: the source's default)
 

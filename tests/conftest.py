@@ -2,6 +2,8 @@
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("KERAS_BACKEND", "jax")
 # One persistent XLA compilation cache for the session, shared by both pytest-xdist workers and every
 # subprocess the tests start: many tests compile the same small programs (ResNet-18 steps at 8 or 32 px).
@@ -16,3 +18,10 @@ try:
     import torchvision  # noqa: F401
 except ImportError:  # the torch extra is optional
     pass
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """Two real photos (scikit-image's astronaut and cat) for the parity tests."""
+    data = pytest.importorskip("skimage.data")
+    return [data.astronaut(), data.chelsea()]

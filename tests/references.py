@@ -121,3 +121,41 @@ def logits_and_features(model, variables, x: np.ndarray) -> tuple[np.ndarray, np
     logits, feats = fn(variables, x)
     return np.asarray(logits), np.asarray(feats)
 
+
+
+def source_batch(photos, spec, size: int) -> np.ndarray:
+    """Photos prepared with a weights spec, cropped at ``size`` with the spec's resize ratio and filter."""
+    from tl_jax import preprocess
+
+    spec = preprocess.get_spec(spec)
+    resize = int(size / spec.crop_size * spec.resize_size)
+    return np.stack([preprocess.normalize(preprocess.resize_and_center_crop(p, resize, size, spec.interpolation), spec)
+                     for p in photos])
+
+
+def port_outputs(model, variables, x):
+    """(logits, pre-logit features) of the Flax port, run eagerly."""
+    return (np.asarray(model.apply(variables, x)), np.asarray(model.apply(variables, x, return_features=True)))
+
+
+def check_parity(name, refs, outs):
+    """``refs[size]`` / ``outs[size]`` = (logits, features): every pair within the parity bar; returns the errors."""
+    errors = {f"{kind}@{size}": parity_error(outs[size][i], refs[size][i])
+              for size in refs for i, kind in enumerate(("logits", "features"))}
+    print(f"\n{name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    for size in refs:
+        assert np.abs(refs[size][0]).max() > 0.05, f"{name}: reference logits too small to compare"
+    assert max(errors.values()) <= PARITY_TOL, errors
+    return errors
+
+
+def convert_cli(*args: str) -> str:
+    """Run scripts/convert_weights.py; it must succeed. Returns its stdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "scripts/convert_weights.py", *args], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

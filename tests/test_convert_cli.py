@@ -121,8 +121,8 @@ def test_existing_output_needs_overwrite(tmp_path, resnet18):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     summary = importer.convert_weights("resnet18", "torchvision", out, resnet18[0], overwrite=True)
     assert summary.pop("seconds") > 0
-    assert summary == {"arch": "resnet18", "source": "torchvision", "num_classes": 1000, "params": 11_689_512,
-                       "output": str(out)}
+    assert summary == {"arch": "resnet18", "source": "torchvision", "weights": "IMAGENET1K_V1", "num_classes": 1000,
+                       "params": 11_689_512, "ignored": [], "output": str(out)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "metadata.json"]
 
@@ -156,7 +156,7 @@ def test_metadata(stored, resnet18):
     info = registry.info("resnet18", "torchvision")
     assert (meta["arch"], meta["source"], meta["num_classes"]) == ("resnet18", "torchvision", 1000)
     assert meta["stage_names"] == list(info.stage_names)
-    assert preprocess.spec_from_metadata(meta) == preprocess.SPECS[info.preprocessing]
+    assert preprocess.spec_from_metadata(meta) == info.preprocessing
     assert (meta["input_size"], meta["resize_size"]) == (224, 256)
     assert meta["class_names"] == list(_IMAGENET_CATEGORIES)
     assert meta["source_file"] == "resnet18.pth"
@@ -260,7 +260,7 @@ def test_command_line_converts_then_refuses_to_overwrite(tmp_path, resnet18):
     args = ["--arch", "resnet18", "--source", "torchvision", "--input", resnet18[0], "--output", out]
     code, stdout, stderr = run_script(*args)
     assert code == 0, stderr
-    assert re.fullmatch(rf"converted resnet18 \(torchvision, 1000 classes\): 11,689,512 params "
+    assert re.fullmatch(rf"converted resnet18 \(torchvision IMAGENET1K_V1, 1000 classes\): 11,689,512 params "
                         rf"in \d+\.\d s -> {re.escape(str(out))}\n", stdout), stdout
     assert "Traceback" not in stderr
     # A failing run (exit 1): one line on stderr, the existing store untouched.

@@ -88,15 +88,22 @@ def _decay_mask(cfg: OptimConfig):
     return None if cfg.decay_all else (lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
 
 
-def trainable_transform(cfg: OptimConfig, spec: FreezeSpec, total_steps: int) -> optax.GradientTransformation:
-    """The chain applied to trainable leaves only."""
+def trainable_transform(cfg: OptimConfig, spec: FreezeSpec, total_steps: int, *,
+                        like: OptimConfig | None = None) -> optax.GradientTransformation:
+    """The chain applied to trainable leaves only.
+
+    ``like`` (a sweep, ``tl_jax.sweep``) decides which parts the chain has, so that ``cfg``'s learning
+    rate, weight decay and momentum may be traced per-member values: a member whose weight decay or
+    momentum is 0 inside a chain that has the part adds ``0 * x``, the same updates as without it.
+    """
+    shape = like or cfg
     parts = []
-    if cfg.grad_clip_norm:
+    if shape.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-    decay = optax.add_decayed_weights(cfg.weight_decay, _decay_mask(cfg)) if cfg.weight_decay else None
+    decay = optax.add_decayed_weights(cfg.weight_decay, _decay_mask(cfg)) if shape.weight_decay else None
     if cfg.name == "sgd":
         parts += [decay] if decay else []
-        if cfg.momentum:
+        if shape.momentum:
             parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
     else:
         parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
@@ -108,12 +115,13 @@ def trainable_transform(cfg: OptimConfig, spec: FreezeSpec, total_steps: int) ->
 
 
 def make_optimizer(cfg: OptimConfig | Mapping[str, Any], spec: FreezeSpec, params: Any,
-                   total_steps: int) -> optax.GradientTransformation:
-    """``optax.partition`` of the trainable chain and ``set_to_zero`` over ``spec.labels(params)``."""
+                   total_steps: int, *, like: OptimConfig | None = None) -> optax.GradientTransformation:
+    """``optax.partition`` of the trainable chain and ``set_to_zero`` over ``spec.labels(params)``
+    (``like``: see ``trainable_transform``)."""
     if not isinstance(cfg, OptimConfig):
         cfg = OptimConfig.from_config(cfg)
     labels = spec.labels(params)
-    return optax.partition({TRAINABLE: trainable_transform(cfg, spec, total_steps),
+    return optax.partition({TRAINABLE: trainable_transform(cfg, spec, total_steps, like=like),
                             FROZEN: optax.set_to_zero()}, labels)
 
 

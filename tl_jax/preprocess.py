@@ -7,7 +7,9 @@ the source was trained: torchvision scales RGB to [0, 1] and standardises, Keras
 (arch, source); ``metadata.json`` of converted weights stores the full spec.
 
 Evaluation geometry is torchvision's: resize the shorter side to ``resize_size``
-(bilinear, antialiased) and center-crop ``crop_size``. Keras publishes no resize for
+(antialiased, with the spec's ``interpolation``) and center-crop ``crop_size``. timm states
+its evaluation as ``crop_pct``; :func:`timm_spec` turns that into the same two sizes
+(``resize = floor(crop / crop_pct)``, timm's rule). Keras publishes no resize for
 its applications; we use the same crop ratio 0.875 as torchvision (224/256), so
 Keras InceptionV3 gets ``round(299 / 0.875) = 342``, the size torchvision uses for
 its own Inception-v3.
@@ -15,6 +17,7 @@ its own Inception-v3.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -33,6 +36,7 @@ class PreprocessSpec:
     std: tuple[float, float, float]
     resize_size: int              # shorter side before the center crop (evaluation)
     crop_size: int                # the model's input size
+    interpolation: str = "bilinear"   # of the evaluation resize: "bilinear" or "bicubic" (PIL's filters)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -43,10 +47,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SPECS: dict[str, PreprocessSpec] = {s.name: s for s in (
     PreprocessSpec("torchvision", "RGB", 255.0, IMAGENET_MEAN, IMAGENET_STD, 256, 224),
+    # torchvision's IMAGENET1K_V2 recipe weights are evaluated at resize 232 / crop 224.
+    PreprocessSpec("torchvision_v2", "RGB", 255.0, IMAGENET_MEAN, IMAGENET_STD, 232, 224),
     PreprocessSpec("torchvision_inception", "RGB", 255.0, IMAGENET_MEAN, IMAGENET_STD, 342, 299),
     PreprocessSpec("caffe", "BGR", 1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 256, 224),
     PreprocessSpec("tf", "RGB", 127.5, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), 342, 299),
 )}
+
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def timm_spec(name: str, crop_size: int, crop_pct: float, interpolation: str,
+              mean: tuple[float, float, float] = IMAGENET_MEAN,
+              std: tuple[float, float, float] = IMAGENET_STD) -> PreprocessSpec:
+    """A timm / Hugging Face ``pretrained_cfg`` (RGB in [0, 1], then mean/std) as a spec."""
+    return PreprocessSpec(name, "RGB", 255.0, tuple(mean), tuple(std), int(math.floor(crop_size / crop_pct)),
+                          int(crop_size), interpolation)
 
 
 def get_spec(spec: str | PreprocessSpec | Mapping[str, Any]) -> PreprocessSpec:
@@ -58,13 +75,15 @@ def get_spec(spec: str | PreprocessSpec | Mapping[str, Any]) -> PreprocessSpec:
             raise ValueError(f"unknown preprocessing {spec!r}; choose one of {', '.join(SPECS)}")
         return SPECS[spec]
     fields = {f.name for f in dataclasses.fields(PreprocessSpec)}
-    missing = fields - set(spec)
+    missing = fields - set(spec) - {"interpolation"}  # stores written before it existed are bilinear
     if missing:
         raise ValueError(f"preprocessing spec lacks fields {sorted(missing)}: {dict(spec)}")
-    kw = {k: spec[k] for k in fields}
+    kw = {k: spec[k] for k in fields if k in spec}
     kw["mean"], kw["std"] = tuple(map(float, kw["mean"])), tuple(map(float, kw["std"]))
     if kw["channel_order"] not in ("RGB", "BGR"):
         raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {kw['channel_order']!r}")
+    if kw.get("interpolation", "bilinear") not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {kw['interpolation']!r}")
     return PreprocessSpec(**kw)
 
 
@@ -98,12 +117,12 @@ def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def resize_and_center_crop(image: Any, resize: int, crop: int) -> np.ndarray:
-    """``Resize(resize)`` (shorter side, bilinear, antialiased) + ``CenterCrop(crop)``.
+def resize_and_center_crop(image: Any, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    """``Resize(resize)`` (shorter side, antialiased) + ``CenterCrop(crop)``.
 
     Takes a PIL image (or an HWC uint8 array) and returns the RGB crop as a uint8
-    ``(crop, crop, 3)`` array. Matches torchvision.transforms on PIL images, which
-    resize with PIL's antialiased bilinear filter.
+    ``(crop, crop, 3)`` array. Matches torchvision.transforms (and timm's eval
+    transform) on PIL images, which resize with PIL's antialiased filters.
     """
     from PIL import Image
 
@@ -112,7 +131,7 @@ def resize_and_center_crop(image: Any, resize: int, crop: int) -> np.ndarray:
     image = image.convert("RGB")
     size = resized_size(*image.size, resize)
     if size != image.size:
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR)
     w, h = image.size
     if crop > w or crop > h:
         raise ValueError(f"crop {crop} is larger than the resized image {w}x{h}")
@@ -123,4 +142,4 @@ def resize_and_center_crop(image: Any, resize: int, crop: int) -> np.ndarray:
 def prepare(image: Any, spec: str | PreprocessSpec | Mapping[str, Any]) -> np.ndarray:
     """One image -> the evaluation input ``(crop, crop, 3)`` float32 for ``spec``."""
     s = get_spec(spec)
-    return normalize(resize_and_center_crop(image, s.resize_size, s.crop_size), s)
+    return normalize(resize_and_center_crop(image, s.resize_size, s.crop_size, s.interpolation), s)

@@ -133,7 +133,7 @@ def train_image(data: Any, key: Any, t: Any) -> Any:
 
 
 def eval_image(data: Any, t: Any) -> Any:
-    """Encoded bytes -> shorter side to ``t.resize_size`` (antialiased bilinear) -> center crop -> normalise.
+    """Encoded bytes -> shorter side to ``t.resize_size`` (antialiased, ``t.interpolation``) -> center crop -> normalise.
 
     The geometry is torchvision's ``Resize(int)`` + ``CenterCrop`` (``tl_jax.preprocess``):
     the long side is truncated, the crop offset rounds half to even like Python's ``round``.
@@ -144,7 +144,7 @@ def eval_image(data: Any, t: Any) -> Any:
     short, long = tf.minimum(h, w), tf.maximum(h, w)
     new_long = tf.cast(tf.floor(tf.cast(t.resize_size * long, tf.float64) / tf.cast(short, tf.float64)), tf.int32)
     nh, nw = (tf.where(h <= w, t.resize_size, new_long), tf.where(h <= w, new_long, t.resize_size))
-    img = tf.image.resize(img, tf.stack([nh, nw]), method="bilinear", antialias=True)
+    img = tf.image.resize(img, tf.stack([nh, nw]), method=t.interpolation, antialias=True)
     c = t.image_size
     top = tf.cast(tf.round(tf.cast(nh - c, tf.float64) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(nw - c, tf.float64) / 2.0), tf.int32)

@@ -27,6 +27,7 @@ class Transform:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)     # random-resized-crop aspect ratio
     flip: bool = True                    # random horizontal flip (train)
     antialias: bool = False              # antialiased resize of the training crop (eval always is)
+    interpolation: str = "bilinear"      # eval resize filter, from the weights' spec (timm: often bicubic)
     bgr: bool = False                    # reverse RGB -> BGR before the affine
     mul: tuple[float, float, float] = (1.0, 1.0, 1.0)
     add: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -58,7 +59,8 @@ def make_transform(preprocessing: str | Mapping[str, Any] | Any, *, train: bool,
     mul = 1.0 / (spec.divisor * std)
     add = -np.asarray(spec.mean, np.float64) / std
     return Transform(train=train, image_size=size, resize_size=int(resize_size), scale=(lo, hi), ratio=(r0, r1),
-                     flip=bool(flip), antialias=bool(antialias), bgr=spec.channel_order == "BGR",
+                     flip=bool(flip), antialias=bool(antialias), interpolation=spec.interpolation,
+                     bgr=spec.channel_order == "BGR",
                      mul=tuple(float(v) for v in mul), add=tuple(float(v) for v in add))
 
 
@@ -108,4 +110,4 @@ def eval_array(image: np.ndarray, t: Transform) -> np.ndarray:
     """uint8 HWC -> torchvision ``Resize(resize_size)`` + ``CenterCrop(image_size)``."""
     if image.shape[0] == image.shape[1] == t.resize_size == t.image_size:
         return image
-    return preprocess.resize_and_center_crop(image, t.resize_size, t.image_size)
+    return preprocess.resize_and_center_crop(image, t.resize_size, t.image_size, t.interpolation)

@@ -12,6 +12,10 @@ initialisation, everything trains), and ``probe_cache`` (every backbone stage fr
 cached features: ``tl_jax.experiment.probe``). Outputs: ``ablation.csv`` and ``ablation.json`` (one
 row per variant: mean and spread over seeds of the best eval top-1, trainable parameters,
 steady-state throughput, wall time) and ``ablation.png``.
+
+With ``sweep`` (fields and values, ``tl_jax.experiment.sweep``) each variant is one sweep in
+``WORKDIR/runs/<variant>_sweep`` instead of one run per seed: its row is its best member (by best
+eval top-1, named in the note), and ``ablation.json`` holds every member under ``"sweeps"``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import os
 import statistics
 from typing import Any, Callable, Sequence
 
-from tl_jax.experiment import run
+from tl_jax.experiment import run, sweep as sweep_exp
 from tl_jax.experiment.config import ConfigError, override
 from tl_jax.experiment.setup import weights_metadata
 
@@ -138,8 +142,33 @@ CSV_FIELDS = ("variant", "depth", "note", "seeds", "best_top1_mean", "best_top1_
               "steps_per_s", "images_per_s", "wall_s")
 
 
+def run_sweeps(config: Any, workdir: str, runs: Sequence[Variant], fields: dict[str, list], *,
+               log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One sweep per variant (finished ones reported, interrupted ones resumed): (a result per variant,
+    its best member, as ``run_all`` gives; every sweep's summary)."""
+    results, sweeps = [], []
+    for v in runs:
+        if v.name == "probe_cache":
+            raise ConfigError("a sweep trains end to end: drop --probe_cache (cached features) or --sweep")
+        d = os.path.join(workdir, RUNS, f"{v.name}_sweep")
+        log(f"[ablation] {v.name}: sweep of {len(sweep_exp.members(fields))} members in {d}")
+        summary = sweep_exp.run(override(config, dict(v.overrides)), d, fields, echo=False)
+        if not summary.get("finished"):
+            raise RuntimeError(f"sweep {d} did not finish: {summary}")
+        best = max(summary["members"], key=lambda m: -1.0 if m["best_eval_top1"] is None else m["best_eval_top1"])
+        chosen = ", ".join(f"{f}={best[f]}" for f in summary["swept"])
+        results.append({"variant": v.name, "seed": int(best.get("seed", config.seed)), "depth": v.depth,
+                        "note": f"{v.note}; best of {summary['num_members']}: {chosen}",
+                        "best_eval_top1": best["best_eval_top1"], "final_eval_top1": best["final_eval_top1"],
+                        "trainable_params": summary["trainable_params_per_member"],
+                        "frozen_params": summary["frozen_params"], "steps_per_s": summary["steps_per_s"],
+                        "images_per_s": summary["member_images_per_s"], "wall_s": summary["wall_s"], "workdir": d})
+        sweeps.append({"variant": v.name, "depth": v.depth, "workdir": d, **summary})
+    return results, sweeps
+
+
 def write_outputs(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], workdir: str,
-                  title: str = "frozen-depth ablation") -> dict[str, str]:
+                  title: str = "frozen-depth ablation", extra: dict[str, Any] | None = None) -> dict[str, str]:
     """ablation.csv, ablation.json (rows and every run's result) and ablation.png in ``workdir``."""
     os.makedirs(workdir, exist_ok=True)
     paths = {k: os.path.join(workdir, f"ablation.{k}") for k in ("csv", "json", "png")}
@@ -149,7 +178,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, An
         for r in rows:
             w.writerow({k: " ".join(map(str, r[k])) if k == "seeds" else r[k] for k in CSV_FIELDS})
     with open(paths["json"], "w") as f:
-        json.dump({"title": title, "rows": list(rows), "runs": list(results)}, f, indent=2)
+        json.dump({"title": title, "rows": list(rows), "runs": list(results), **(extra or {})}, f, indent=2)
     plot(rows, paths["png"], title)
     return paths
 
@@ -215,14 +244,21 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def ablate(config: Any, workdir: str, *, depths: str | Sequence[int] | None = "all", seeds: Sequence[int] = (0,),
            scratch: bool = False, probe_cache: bool = False, title: str | None = None,
-           progress: bool | None = None, log: Callable[[str], None] = print) -> tuple[list[dict], dict[str, str]]:
-    """Run (or finish) the ablation and write its outputs; returns (rows, output paths)."""
+           progress: bool | None = None, log: Callable[[str], None] = print,
+           sweep: dict[str, list] | None = None) -> tuple[list[dict], dict[str, str]]:
+    """Run (or finish) the ablation and write its outputs; returns (rows, output paths). With ``sweep``
+    every variant is a sweep of those fields (``seeds`` unused: sweep ``seed`` instead)."""
     runs = variants(config, depths, scratch=scratch, probe_cache=probe_cache)
-    results = run_all(config, workdir, runs, seeds, progress=progress, log=log)
+    extra = None
+    if sweep:
+        results, sweeps = run_sweeps(config, workdir, runs, sweep, log=log)
+        extra = {"sweeps": sweeps}
+    else:
+        results = run_all(config, workdir, runs, seeds, progress=progress, log=log)
     rows = summarize(results)
-    paths = write_outputs(rows, results, workdir, title or f"frozen-depth ablation: {config.data.source}")
+    paths = write_outputs(rows, results, workdir, title or f"frozen-depth ablation: {config.data.source}", extra)
     return rows, paths
 
 
-__all__ = ["Variant", "ablate", "format_table", "parse_list", "plot", "run_all", "run_dir", "summarize",
-           "variants", "write_outputs"]
+__all__ = ["Variant", "ablate", "format_table", "parse_list", "plot", "run_all", "run_dir", "run_sweeps",
+           "summarize", "variants", "write_outputs"]

@@ -14,7 +14,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app, flags, logging
 
-from tl_jax.experiment.config import ConfigError, field_hint, load_config
+from tl_jax.experiment.config import ConfigError, field_hint, has_field, load_config
 
 FAILURE, USAGE, INTERRUPTED = 1, 2, 130
 _HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull")
@@ -71,19 +71,10 @@ def _config_flag_error(argv: Sequence[str], error: Exception) -> str:
             config = load_config(path)
         except Exception:  # noqa: BLE001 - the file itself is the problem; report the original error
             return f"bad --config {path}: {text}"
-        bad = [k for k in overrides if not _has_field(config, k)]
+        bad = [k for k in overrides if not has_field(config, k)]
         if bad:
             return f"the config has no field {bad[0]!r}{field_hint(config, bad[0])} (--config.{bad[0]})"
     return f"bad --config ({text}); overrides given: {' '.join('--config.' + k for k in overrides)}"
-
-
-def _has_field(config: Any, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:

@@ -68,6 +68,16 @@ def field_hint(config: Any, key: str) -> str:
     return f"; did you mean {' or '.join(close[:3])}?" if close else ""
 
 
+def has_field(config: Any, key: str) -> bool:
+    """Whether the dotted field ``key`` exists in ``config``."""
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """JSON-ready dict of a ConfigDict (tuples become lists)."""
     return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config)))

@@ -36,7 +36,7 @@ from tl_jax import loop
 from tl_jax.checkpoint import Checkpointer
 from tl_jax.data.pipeline import epoch_order
 from tl_jax.experiment.config import CHECKPOINTS
-from tl_jax.experiment.setup import Experiment, data_options, make_data
+from tl_jax.experiment.setup import Experiment, data_options, data_seed, make_data
 from tl_jax.freeze import FreezeSpec
 from tl_jax.models import layers, registry
 from tl_jax.parallel import DataParallel
@@ -114,7 +114,7 @@ def head_setup(exp: Experiment, workdir: str) -> tuple[loop.Setup, str, dict[str
     setup = dataclasses.replace(
         s, model=HeadOnly(exp.info["num_classes"], dropout_rate=dropout), variables={"params": head},
         freeze=FreezeSpec(("head",), 0, lr_mults=mults), eval_data=evals,
-        train_data=lambda start: train_batches(train_f, train_y, int(c.batch_size), int(c.seed), start),
+        train_data=lambda start: train_batches(train_f, train_y, int(c.batch_size), data_seed(c), start),
         parallel=DataParallel("none"))
     return setup, os.path.join(workdir, PROBE_DIR), stats
 
@@ -148,7 +148,7 @@ def cache_key(exp: Experiment, split: str, role: str, views: int) -> dict[str, A
            "split": split, "image_size": exp.info["image_size"], "resize_size": int(c.data.resize_size),
            "options": data_options(c, role), "views": views}
     if views > 1:  # augmented epochs depend on the seed, the crop range and the batch composition
-        key.update(seed=int(c.seed), min_crop_area=float(c.data.min_crop_area), batch_size=int(c.batch_size))
+        key.update(seed=data_seed(c), min_crop_area=float(c.data.min_crop_area), batch_size=int(c.batch_size))
     return json.loads(json.dumps(key, sort_keys=True))
 
 

@@ -7,7 +7,9 @@ optimizer code) changes. The model comes from ``run.json`` (arch, source, classe
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -16,7 +18,7 @@ from PIL import Image
 
 from tl_jax import loop, preprocess
 from tl_jax.checkpoint import Checkpointer
-from tl_jax.experiment.config import CHECKPOINTS, CONFIG, RUN, from_dict, override
+from tl_jax.experiment.config import CHECKPOINTS, CONFIG, RUN, from_dict, load_config, override
 from tl_jax.experiment.run import read_json
 from tl_jax.experiment.setup import make_data
 from tl_jax.models import registry
@@ -42,7 +44,8 @@ def restore_run(workdir: str, checkpoint: str | int = "latest") -> Restored:
             raise FileNotFoundError(f"{workdir} has no {name}: not a run directory of scripts/train.py")
     config, info = from_dict(read_json(os.path.join(workdir, CONFIG))), read_json(os.path.join(workdir, RUN))
     model = registry.create(info["arch"], info["source"], num_classes=info["num_classes"],
-                            dtype=jax.numpy.dtype(info.get("dtype", config.model.dtype)))
+                            dtype=jax.numpy.dtype(info.get("dtype", config.model.dtype)),
+                            **(info.get("model_kwargs") or {}))
     template = variables_template(model, info["image_size"])
     with Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=int(config.keep_checkpoints), async_save=False) as ck:
         steps = ck.all_steps()
@@ -84,6 +87,42 @@ def evaluate_run(workdir: str, checkpoint: str | int = "latest", *, split: str |
             **{k: metrics[k] for k in ("loss", "top1", "top5", "count")}}
 
 
+def evaluate_weights(weights: str, source: str, split: str, *, batch_size: int = 64,
+                     config_file: str | None = None) -> dict[str, Any]:
+    """Exact loss / top-1 / top-5 of converted weights as they are (their own head and preprocessing),
+    beside the top-1 their publisher reports: the check that a conversion is right on real ImageNet.
+
+    The data's classes must be the head's, in the standard ImageNet order (synset ids sorted, the
+    order of tfds ``imagenet2012``, of an ILSVRC folder read by name, of torchvision's and Keras'
+    category lists); another order would give a meaningless top-1, so it is refused.
+    """
+    model, variables, meta = store.load_pretrained(weights)
+    if meta["num_classes"] is None:
+        raise ValueError(f"{weights} holds a backbone without a head: nothing to evaluate")
+    default = importlib.util.find_spec("configs.default").origin   # the installed configs package
+    config = load_config(config_file or default, {"data.source": source, "weights": weights})
+    data = make_data(config, meta, split, train=False, batch_size=batch_size)
+    if data.num_classes != meta["num_classes"]:
+        raise ValueError(f"{data.name} {split!r} has {data.num_classes} classes, the weights' head {meta['num_classes']}")
+    names = list(data.class_names)
+    if all(_SYNSET.fullmatch(n) for n in names) and names != sorted(names):
+        first = next(i for i, (a, b) in enumerate(zip(names, sorted(names))) if a != b)
+        raise ValueError(f"{data.name} orders its synsets differently from the weights (class {first} is "
+                         f"{names[first]}, the standard sorted order has {sorted(names)[first]})")
+    dp = DataParallel("none")
+    metrics = loop.evaluate(dp, dp.eval_step(model.apply), variables, lambda: data.batches(0))
+    info = registry.info(meta["arch"], meta["source"])
+    published = info.weights_for(meta.get("weights")) if meta.get("weights") in info.tags else None
+    return {"weights": os.path.abspath(weights), "arch": meta["arch"], "source": meta["source"],
+            "tag": meta.get("weights"), "data": data.name, "split": split,
+            **{k: metrics[k] for k in ("loss", "top1", "top5", "count")},
+            "published_top1": published.top1 / 100 if published and published.top1 is not None else None,
+            "published_eval": published.top1_eval if published else ""}
+
+
+_SYNSET = re.compile(r"n\d{8}")
+
+
 def export(workdir: str, directory: str, checkpoint: str | int = "latest", *, overwrite: bool = False) -> str:
     """Write a run's checkpoint as a weights store (``save_pretrained``), the format of converted weights.
 
@@ -94,6 +133,7 @@ def export(workdir: str, directory: str, checkpoint: str | int = "latest", *, ov
     spec = spec_at_size(r.info["preprocessing"], r.info["image_size"])
     metadata = store.build_metadata(r.info["arch"], r.info["source"], r.info["num_classes"],
                                     class_names=r.info["class_names"], preprocessing=spec.to_dict(),
+                                    weights=r.info.get("weights_tag"), model_kwargs=r.info.get("model_kwargs"),
                                     input_size=spec.crop_size, resize_size=spec.resize_size,
                                     trained_in=os.path.abspath(workdir), trained_step=r.step)
     return str(store.save_pretrained(directory, r.variables, metadata, overwrite=overwrite))

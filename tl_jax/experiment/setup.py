@@ -58,11 +58,7 @@ def prepare(config: Any) -> Experiment:
         if int(config[field]) % dp.num_devices:
             raise ConfigError(f"{field} {config[field]} does not split over {dp.num_devices} devices")
     spe = train_data.steps_per_epoch
-    head_only = spec.frozen_depth == len(spec.stage_names) - 1 and not spec.unfreeze_every
-    lr = config.optim.head_only_learning_rate if head_only and config.optim.head_only_learning_rate > 0 \
-        else config.optim.learning_rate
-    optim = OptimConfig.from_config(config.optim, learning_rate=float(lr),
-                                    warmup_steps=int(round(config.optim.warmup_epochs * spe)))
+    optim = optim_config(config, spec, spe)
     total = int(config.num_steps) or max(1, int(round(config.num_epochs * spe)))
     cadence = loop.Cadence(log_every=int(config.log_every_steps),
                            eval_every=max(1, int(round(config.eval_every_epochs * spe))) if config.eval_every_epochs
@@ -78,6 +74,7 @@ def prepare(config: Any) -> Experiment:
         "preprocessing": metadata["preprocessing"], "image_size": train_data.image_size,
         "num_classes": classes, "class_names": list(train_data.class_names),
         "weights": os.path.abspath(config.weights) if config.weights else "",
+        "weights_tag": metadata.get("weights"), "model_kwargs": dict(metadata.get("model_kwargs") or {}),
         "frozen_depth": spec.frozen_depth, "frozen_stages": list(metadata["stage_names"][:spec.frozen_depth]),
         "num_train_examples": train_data.num_examples,
         "num_eval_examples": eval_data.num_examples if eval_data is not None else 0,
@@ -85,6 +82,22 @@ def prepare(config: Any) -> Experiment:
         "warmup_steps": optim.warmup_steps, "dtype": str(config.model.dtype), **spec.summary(variables["params"]),
     }
     return Experiment(config, setup, info, metadata, train_data, eval_data)
+
+
+def optim_config(config: Any, spec: FreezeSpec, steps_per_epoch: int) -> OptimConfig:
+    """``config.optim`` resolved: the head-only peak learning rate where only the head trains, warmup in steps."""
+    head_only = spec.frozen_depth == len(spec.stage_names) - 1 and not spec.unfreeze_every
+    lr = config.optim.head_only_learning_rate if head_only and config.optim.head_only_learning_rate > 0 \
+        else config.optim.learning_rate
+    return OptimConfig.from_config(config.optim, learning_rate=float(lr),
+                                   warmup_steps=int(round(config.optim.warmup_epochs * steps_per_epoch)))
+
+
+def data_seed(config: Any) -> int:
+    """The seed of the training data's order, augmentation and label subset: ``data.seed``, or the run's
+    ``seed`` where that is -1 (or absent, in configs written before the field existed)."""
+    seed = int(config.data.get("seed", -1))
+    return int(config.seed) if seed < 0 else seed
 
 
 def validate(config: Any, stage_names: Sequence[str] | None = None) -> None:
@@ -151,7 +164,7 @@ def data_options(config: Any, role: str = "train") -> dict[str, Any]:
         opts["classes"] = tuple(int(c) for c in d.classes)
     if d.labels_per_class and role == "train":
         opts["labels_per_class"] = int(d.labels_per_class)
-        opts["label_seed"] = int(config.seed) if int(d.label_seed) < 0 else int(d.label_seed)
+        opts["label_seed"] = data_seed(config) if int(d.label_seed) < 0 else int(d.label_seed)
     if d.source == "glyphs" and d.num_examples:
         opts["num_examples"] = int(d.num_examples)
     return opts
@@ -174,7 +187,7 @@ def make_data(config: Any, metadata: Mapping[str, Any], split: str, *, train: bo
         return make_dataset(config.data.source, split, batch_size=int(batch_size or config.batch_size), train=train,
                             preprocessing=metadata["preprocessing"], image_size=image_size(config, metadata),
                             resize_size=int(config.data.resize_size) or None,
-                            scale=(float(config.data.min_crop_area), 1.0), seed=int(config.seed),
+                            scale=(float(config.data.min_crop_area), 1.0), seed=data_seed(config),
                             **data_options(config, role or ("train" if train else "eval")))
     except UnreadableImagesError as e:
         raise UnreadableImagesError(e.root, e.failures, hint="--config.data.skip_corrupt=True") from None
@@ -200,7 +213,8 @@ def build_model(config: Any, metadata: Mapping[str, Any], num_classes: int) -> t
     if config.weights:
         model, variables, _ = store.load_pretrained(config.weights, num_classes, int(config.seed), dtype=dtype)
     else:
-        model = registry.create(metadata["arch"], metadata["source"], num_classes=num_classes, dtype=dtype)
+        model = registry.create(metadata["arch"], metadata["source"], num_classes=num_classes, dtype=dtype,
+                                **(metadata.get("model_kwargs") or {}))
         variables = init_variables(model, image_size(config, metadata), int(config.seed))
     if config.model.head_init == "zeros":  # every class starts equally likely, whatever the feature scale
         head = {k: np.zeros_like(v) for k, v in variables["params"]["head"].items()}

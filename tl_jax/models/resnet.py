@@ -130,10 +130,10 @@ class ResNet(nn.Module):
         return collections.OrderedDict(stages, head=logits) if return_stages else logits
 
 
-_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
+CONFIGS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
            101: ((3, 4, 23, 3), True), 152: ((3, 8, 36, 3), True)}
 
 
 def resnet(depth: int, variant: str = "torchvision", **kwargs: Any) -> ResNet:
-    sizes, bottleneck = _DEPTHS[depth]
+    sizes, bottleneck = CONFIGS[depth]
     return ResNet(stage_sizes=sizes, bottleneck=bottleneck, variant=variant, **kwargs)

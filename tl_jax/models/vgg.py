@@ -7,7 +7,9 @@ only runs at the input size its fc6 was built for. torchvision's ``*_bn`` puts
 a BatchNorm (eps 1e-5) between every conv and its ReLU.
 
 Stages: ``block1..block5`` (convs, each ending with its 2x2 max-pool),
-``classifier`` (fc6, fc7) and ``head`` (fc8).
+``classifier`` (fc6, fc7) and ``head`` (fc8). ``include_classifier=False`` is the convolutional
+backbone that Keras' ``include_top=False`` files hold: no fc6/fc7; the features (and the
+input of a head) are block5's output averaged over space (Keras ``pooling="avg"``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from tl_jax.models import layers
 from tl_jax.models.layers import ModuleDef
 
 STAGE_NAMES = ("block1", "block2", "block3", "block4", "block5", "classifier", "head")
+CONV_STAGE_NAMES = STAGE_NAMES[:5] + ("head",)   # include_classifier=False
 BLOCK_FEATURES = (64, 128, 256, 512, 512)
 # Convolutions per block: torchvision configurations "A", "B", "D", "E" (Keras VGG16/19 are D/E).
 BLOCK_CONVS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -76,6 +79,8 @@ class VGG(nn.Module):
       dropout_rate: dropout after fc6 and fc7 in training while ``classifier``
         is not frozen; ``None`` takes the source's own (torchvision 0.5, Keras 0).
       num_classes: logits of the head; ``None`` builds no head (features only).
+      include_classifier: ``False``: no fc6/fc7 (Keras ``include_top=False`` weights); the
+        features are block5 average-pooled, and the stages are :data:`CONV_STAGE_NAMES`.
       frozen_depth: the first ``frozen_depth`` stages run BatchNorm on running
         averages, apply no dropout, and the gradient stops at their output.
       bn_axis_name: mesh axis over which trainable BatchNorm averages batch statistics.
@@ -85,12 +90,15 @@ class VGG(nn.Module):
     variant: str = "torchvision"
     dropout_rate: float | None = None
     num_classes: int | None = 1000
+    include_classifier: bool = True
     frozen_depth: int = 0
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    stage_names = STAGE_NAMES
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return STAGE_NAMES if self.include_classifier else CONV_STAGE_NAMES
 
     @nn.nowrap
     def for_training(self, frozen_depth: int, bn_axis_name: str | None) -> VGG:
@@ -116,9 +124,13 @@ class VGG(nn.Module):
         frozen, _ = layers.stage_flags(5, self.frozen_depth, train)
         rate = DEFAULT_DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
         dropout = functools.partial(nn.Dropout, rate, deterministic=frozen or not train)
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = _Classifier(self.variant == "torchvision", dense, dropout, name="classifier")(x)
-        x = stages["classifier"] = layers.freeze_boundary(x, 5, self.frozen_depth)
+        if self.include_classifier:
+            dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+            x = _Classifier(self.variant == "torchvision", dense, dropout, name="classifier")(x)
+            x = stages["classifier"] = layers.freeze_boundary(x, 5, self.frozen_depth)
+        else:
+            x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+            dropout = functools.partial(nn.Dropout, 0.0, deterministic=True)
         features = x.astype(jnp.float32)
         if return_features or self.num_classes is None:
             return stages if return_stages else features

@@ -1,9 +1,9 @@
 """Published ImageNet weights -> a converted-weights store, in one call.
 
 The whole of ``scripts/convert_weights.py`` lives here so that the script stays a thin flag
-parser and programs and tests can convert without a subprocess: look up the pair in the
-registry, fetch the published file unless one is given, convert it with the source's reader,
-save it atomically with its metadata. torch and h5py are imported only by the readers.
+parser and programs and tests can convert without a subprocess: look up the pair and its weights
+tag in the registry, find the published file (a framework cache, else a download) unless one is
+given, convert it with the source's reader, save it atomically with the tag's preprocessing.
 """
 from __future__ import annotations
 
@@ -16,38 +16,64 @@ import jax
 import numpy as np
 
 from tl_jax.models import registry
-from tl_jax.weights import fetch, store
-from tl_jax.weights.keras import convert_keras
-from tl_jax.weights.torchvision import convert_torchvision
+from tl_jax.weights import fetch, hf, store
+from tl_jax.weights.keras import convert_keras, convert_keras_backbone
+from tl_jax.weights.torchvision import convert_timm, convert_torchvision
 
-_CONVERTERS = {"torchvision": convert_torchvision, "keras": convert_keras}
+_CONVERTERS = {"torchvision": convert_torchvision, "keras": convert_keras, "timm": convert_timm,
+               "hf": hf.convert_hf}
 
 
 def convert_weights(arch: str, source: str, output: str | os.PathLike, input_file: str | os.PathLike | None = None,
-                    *, overwrite: bool = False) -> dict[str, Any]:
-    """Convert ``(arch, source)`` weights into a store at ``output``; returns a summary.
+                    *, weights: str | None = None, backbone_only: bool = False,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Convert ``(arch, source)`` weights (tag ``weights``) into a store at ``output``; returns a summary.
 
-    Without ``input_file`` the published file is downloaded into the cache
-    (``tl_jax.weights.fetch``). A headless Keras ``_notop`` file gives a store with
-    ``num_classes: null``. The summary has ``arch, source, num_classes, params,
-    seconds, output``. Raises ValueError for an unknown pair or a file that does not
-    match the model (``ConversionError``), FileNotFoundError, FileExistsError for an
-    existing ``output`` without ``overwrite``, ``FetchError`` (a RuntimeError) for a
-    failed download; on any error no output or temporary directory is left behind.
+    Without ``input_file`` the published file is taken from a framework cache or downloaded
+    (``tl_jax.weights.fetch``). For ``hf`` the input is a ``save_pretrained`` directory (or its
+    weights file beside ``config.json``). ``backbone_only`` (Keras) converts the
+    ``keras.applications`` backbone inside a model with the user's own layers and reports those
+    as ``ignored``. A headless file gives a store with ``num_classes: null``. The summary has
+    ``arch, source, weights, num_classes, params, ignored, seconds, output``. Raises ValueError for an
+    unknown pair or tag or a file that does not match the model (``ConversionError``),
+    FileNotFoundError, FileExistsError for an existing ``output`` without ``overwrite``,
+    ``FetchError`` (a RuntimeError) for a failed download; on any error no output or temporary
+    directory is left behind.
     """
     info = registry.info(arch, source)  # unknown arch: lists the available ones
+    published = info.weights_for(weights)
+    if backbone_only and info.source != "keras":
+        raise ValueError(f"--backbone_only reads Keras models with their own layers; {info.source} weights "
+                         "convert with their head, then load_pretrained(dir, num_classes=N) replaces it")
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     start = time.perf_counter()
-    path = Path(input_file) if input_file is not None else fetch.fetch(info.arch, info.source)
-    if not path.is_file():
+    path = Path(input_file) if input_file is not None else fetch.fetch(info.arch, info.source, weights=published.tag)
+    if not path.exists() or (info.source != "hf" and not path.is_file()):
         raise FileNotFoundError(f"no such weights file: {path}")
-    variables = _CONVERTERS[info.source](info.arch, path)
+    ignored: list[str] = []
+    if backbone_only:
+        variables, ignored = convert_keras_backbone(info.arch, path)
+    else:
+        variables = _CONVERTERS[info.source](info.arch, path)
     head = variables["params"].get("head")
-    num_classes = None if head is None else int(head["bias"].shape[0])  # None: a headless (_notop) file
-    metadata = store.build_metadata(info.arch, info.source, num_classes, source_file=path)
+    num_classes = None if head is None else int(head["bias"].shape[0])  # None: a headless file
+    model_kwargs = {"include_classifier": False} if info.family == "vgg" and "classifier" not in variables["params"] \
+        else {}
+    source_file = hf.locate(path)[0] if info.source == "hf" else path
+    metadata = store.build_metadata(info.arch, info.source, num_classes, source_file=source_file,
+                                    weights=published.tag, preprocessing=_hf_preprocessing(path, info),
+                                    model_kwargs=model_kwargs)
     store.save_pretrained(output, variables, metadata, overwrite=overwrite)
-    return {"arch": info.arch, "source": info.source, "num_classes": num_classes,
-            "params": sum(int(np.size(a)) for a in jax.tree.leaves(variables["params"])),
+    return {"arch": info.arch, "source": info.source, "weights": published.tag, "num_classes": num_classes,
+            "params": sum(int(np.size(a)) for a in jax.tree.leaves(variables["params"])), "ignored": ignored,
             "seconds": time.perf_counter() - start, "output": str(output)}
+
+
+def _hf_preprocessing(path: Path, info: registry.ModelConfig) -> Any:
+    """A transformers checkpoint's own ``preprocessor_config.json``, when it has one, as a spec."""
+    if info.source != "hf":
+        return None
+    folder = path if path.is_dir() else path.parent
+    return hf.preprocessing(folder / "preprocessor_config.json", info)

@@ -1,15 +1,28 @@
-"""``keras.applications`` legacy HDF5 weight files -> Flax variables.
+"""``keras.applications`` weight files -> Flax variables, read with h5py alone (no Keras, no TensorFlow).
 
-Read with h5py alone (no Keras, no TensorFlow): the root attribute ``layer_names``
-orders the layers and each layer's ``weight_names`` orders its arrays. Array names
-differ between Keras generations (``block1_conv1_W_1:0`` vs ``block1_conv1/kernel``),
-so roles are given by position: conv/dense ``kernel, bias``; BatchNorm ``gamma,
-beta, moving_mean, moving_variance`` (no gamma when it was built with ``scale=False``).
+Three layouts:
+
+* legacy HDF5 (the published files, ``save_weights(".h5")`` in Keras 2): the root attribute
+  ``layer_names`` orders the layers and each layer's ``weight_names`` orders its arrays;
+* Keras 3 ``.weights.h5``: ``layers/<class>[_k]/vars/<i>``, where ``k`` counts layers of one class
+  in ``model.layers`` order, *not* the layer's name (InceptionV3's ``conv2d_5`` group can hold the
+  layer named ``conv2d_8``), so the name comes from the ``name`` attribute Keras writes on each
+  ``vars`` group, or from the ``.keras`` archive's ``config.json``; nested models (a backbone inside
+  a Sequential) nest ``layers/<model>/layers/...``;
+* Keras 3 ``.keras``: a zip holding ``config.json`` and ``model.weights.h5``.
+
+Array names differ between Keras generations, so roles are given by position: conv/dense
+``kernel, bias``; BatchNorm ``gamma, beta, moving_mean, moving_variance`` (no gamma when it was
+built with ``scale=False``).
 """
 from __future__ import annotations
 
+import io
+import json
 import os
-from typing import Any
+import re
+import zipfile
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -30,42 +43,151 @@ def _roles(arrays: list[np.ndarray]) -> list[str]:
     return [f"w{i}" for i in range(len(arrays))]
 
 
+def _add(out: dict[str, np.ndarray], layer: str, arrays: list[np.ndarray], where: str) -> None:
+    for role, a in zip(_roles(arrays), arrays):
+        key = f"{layer}/{role}"
+        if key in out:
+            raise convert.ConversionError(f"{where}: two layers are named {layer!r}")
+        out[key] = a
+
+
+def _legacy(root: Any, where: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for layer in _decode(root.attrs["layer_names"]):
+        g = root[layer]
+        try:
+            arrays = [np.asarray(g[w][()]) for w in _decode(g.attrs["weight_names"])]
+        except (KeyError, OSError) as e:
+            raise convert.ConversionError(f"{where}: layer {layer!r} is incomplete ({e})") from e
+        _add(out, layer, arrays, where)
+    return out
+
+
+def _snake(name: str) -> str:
+    """Keras 3's group name for a layer class: ``BatchNormalization`` -> ``batch_normalization``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _config_names(config: dict[str, Any]) -> dict[str, Any]:
+    """``{group name: layer name or nested dict}`` from a ``.keras`` config, in ``model.layers`` order."""
+    out: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for layer in config.get("config", {}).get("layers", []):
+        base = _snake(layer["class_name"])
+        k = counts.get(base, 0)
+        counts[base] = k + 1
+        group = base if k == 0 else f"{base}_{k}"
+        nested = layer.get("config", {}).get("layers")
+        out[group] = _config_names(layer) if nested is not None else layer.get("config", {}).get("name", group)
+    return out
+
+
+def _keras3(root: Any, where: str, names: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+
+    def walk(group: Any, names: dict[str, Any] | None) -> None:
+        for key in group["layers"]:
+            g = group["layers"][key]
+            sub = (names or {}).get(key)
+            if "layers" in g:  # a nested model: its own layers, by their own names
+                walk(g, sub if isinstance(sub, dict) else None)
+            if "vars" not in g or len(g["vars"]) == 0:
+                continue
+            name = g["vars"].attrs.get("name")
+            name = name.decode("utf8") if isinstance(name, bytes) else name
+            if name is None:
+                if not isinstance(sub, str):
+                    raise convert.ConversionError(
+                        f"{where}: the weights group {g.name!r} carries no layer name (a Keras 3 file older than "
+                        "the 'name' attribute): convert the model's .keras file instead, which has its config")
+                name = sub
+            try:
+                arrays = [np.asarray(g["vars"][str(i)][()]) for i in range(len(g["vars"]))]
+            except (KeyError, OSError) as e:
+                raise convert.ConversionError(f"{where}: layer {name!r} is incomplete ({e})") from e
+            _add(out, name, arrays, where)
+
+    walk(root, names)
+    return out
+
+
 def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``{"<layer>/<role>": array}`` in file order, for every layer that holds weights."""
+    """``{"<layer>/<role>": array}`` in file order, for every layer that holds weights, any layout."""
     import h5py
 
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such weights file: {path}")
+    names = None
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                data = z.read("model.weights.h5")
+                config = json.loads(z.read("config.json")) if "config.json" in z.namelist() else None
+        except (KeyError, zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise convert.ConversionError(f"{path} is a zip but not a readable .keras archive ({e})") from e
+        names = _config_names(config) if config else None
+        source: Any = io.BytesIO(data)
+    else:
+        source = path
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(source, "r")
     except OSError as e:
         raise convert.ConversionError(f"{path} is not a readable HDF5 file ({e})") from e
     with f:
+        if "layers" in f and "layer_names" not in f.attrs:
+            return _keras3(f, path, names)
         root = f["model_weights"] if "model_weights" in f else f  # full-model saves nest the weights
         if "layer_names" not in root.attrs:
             raise convert.ConversionError(f"{path} is HDF5 but not a Keras weights file "
-                                          "(no 'layer_names' attribute)")
-        out: dict[str, np.ndarray] = {}
-        for layer in _decode(root.attrs["layer_names"]):
-            g = root[layer]
-            try:
-                arrays = [np.asarray(g[w][()]) for w in _decode(g.attrs["weight_names"])]
-            except (KeyError, OSError) as e:
-                raise convert.ConversionError(f"{path}: layer {layer!r} is incomplete ({e})") from e
-            for role, a in zip(_roles(arrays), arrays):
-                out[f"{layer}/{role}"] = a
-        return out
+                                          "(neither a legacy 'layer_names' attribute nor Keras 3 'layers/')")
+        return _legacy(root, path)
+
+
+def _model_for(info: registry.ModelConfig, weights: dict[str, np.ndarray], num_classes: int | None | str) -> Any:
+    """The Flax model these weights fill: their head's class count; VGG without fc6/fc7 as its conv backbone."""
+    if num_classes == "file":
+        head = weights.get("head/bias")
+        num_classes = int(head.shape[0]) if head is not None else None  # a _notop / include_top=False file
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if info.family == "vgg" and not any(k.startswith("classifier/") for k in weights):
+        kwargs["include_classifier"] = False
+    return info.build(**kwargs)
 
 
 def convert_keras(arch: str, source: str | os.PathLike, model: Any = None) -> dict[str, Any]:
-    """A Keras application's ``.h5`` weights -> ``{"params", "batch_stats"}`` for ``arch``."""
+    """A Keras application's weights file (legacy ``.h5``, ``.weights.h5``, ``.keras``) -> variables."""
     info = registry.info(arch, "keras")
     fam = maps.family(info.family)
-    raw = read_h5_weights(source)
-    if model is None:
-        head = raw.get(info.head_key)
-        model = info.build(num_classes=int(head.shape[0]) if head is not None else None)  # a _notop file
-    weights = fam.keras_canonical_names(raw)
+    weights = fam.keras_canonical_names(read_h5_weights(source))
+    model = model or _model_for(info, weights, "file")
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
     return convert.assemble(variables_template(model, info.input_size), entries, unmatched,
                             what=f"Keras weights for {arch}")
+
+
+def convert_keras_backbone(arch: str, source: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """The ``keras.applications`` backbone inside a user's model (``include_top=False`` + own layers).
+
+    Returns the backbone's variables (no head) and the layers that were ignored (the user's
+    own, and a head if any). Every backbone weight must still be present.
+    """
+    info = registry.info(arch, "keras")
+    fam = maps.family(info.family)
+    weights = fam.keras_canonical_names(read_h5_weights(source))
+    model = _model_for(info, weights, None)
+    template = variables_template(model, info.input_size)
+    entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
+    flat = set(_paths(template))
+    ignored = sorted({name.rsplit("/", 1)[0] for name in unmatched}
+                     | {src.rsplit("/", 1)[0] for path, (src, _) in entries.items() if path not in flat})
+    kept = {path: entry for path, entry in entries.items() if path in flat}
+    return convert.assemble(template, kept, (), what=f"Keras {arch} backbone"), ignored
+
+
+def _paths(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _paths(v, prefix + (k,))
+        else:
+            yield prefix + (k,)

@@ -77,15 +77,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def build_metadata(arch: str, source: str, num_classes: int | None, *, source_file: str | os.PathLike | None = None,
                    source_sha256: str | None = None, class_names: list[str] | None | str = "imagenet",
-                   **extra: Any) -> dict[str, Any]:
+                   weights: str | None = None, preprocessing: Any = None,
+                   model_kwargs: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """The standard ``metadata.json`` content for ``(arch, source)`` from the registry.
 
+    ``weights`` is the published tag (default: the source's first); its preprocessing is
+    stored unless ``preprocessing`` (a spec, its name or dict) overrides it. ``model_kwargs``
+    are constructor arguments the stored variables need (VGG's ``include_classifier=False``).
     ``class_names="imagenet"`` stores torchvision's ImageNet names for a 1000-class
     head (null when torchvision is not installed or the head has other classes);
     pass a list for a fine-tuned head.
     """
     info = registry.info(arch, source)
-    spec = preprocess.get_spec(info.preprocessing)
+    published = info.weights_for(weights)
+    spec = preprocess.get_spec(preprocessing if preprocessing is not None else published.preprocessing)
+    model_kwargs = dict(model_kwargs or {})
+    stage_names = info.build(num_classes=num_classes, **model_kwargs).stage_names
     if class_names == "imagenet":
         class_names = imagenet_class_names() if num_classes == 1000 else None
     if class_names is not None and len(class_names) != (num_classes or 0):
@@ -95,8 +102,9 @@ def build_metadata(arch: str, source: str, num_classes: int | None, *, source_fi
     return {
         "arch": info.arch, "source": info.source,
         "num_classes": None if num_classes is None else int(num_classes),
-        "stage_names": list(info.stage_names), "preprocessing": spec.to_dict(),
-        "input_size": info.input_size, "resize_size": spec.resize_size,
+        "weights": published.tag, "published_top1": published.top1, "model_kwargs": model_kwargs,
+        "stage_names": list(stage_names), "preprocessing": spec.to_dict(),
+        "input_size": spec.crop_size, "resize_size": spec.resize_size,
         "class_names": list(class_names) if class_names is not None else None,
         "source_file": os.path.basename(source_file) if source_file is not None else None,
         "source_sha256": source_sha256, "tl_jax_version": _version(),
@@ -200,6 +208,7 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     info = registry.info(metadata["arch"], metadata["source"])
     stored_classes = metadata["num_classes"]  # None: the store holds a backbone without head
     num_classes = stored_classes if num_classes is None else int(num_classes)
+    model_kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
     stored_model = info.build(num_classes=stored_classes, **model_kwargs)
     template = variables_template(stored_model, info.input_size)
 

@@ -57,6 +57,15 @@ def torchvision_rules(info):
     ]
 
 
+def timm_rules(info):
+    """timm's Inception-v3 keeps torchvision's names (and has no auxiliary classifier)."""
+    return torchvision_rules(info)
+
+
+def torch_architecture_problem(state):
+    return None
+
+
 _KERAS_ROLE = {"kernel": ("params", "kernel"), "bias": ("params", "bias"), "gamma": ("params", "scale"),
                "beta": ("params", "bias"), "moving_mean": ("batch_stats", "mean"),
                "moving_variance": ("batch_stats", "var")}

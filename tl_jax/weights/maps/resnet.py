@@ -1,4 +1,5 @@
-"""ResNet name maps: torchvision ``layer1.0.conv1.weight``, Keras ``conv2_block1_1_conv``."""
+"""ResNet name maps: torchvision (and timm) ``layer1.0.conv1.weight``, Keras ``conv2_block1_1_conv``,
+transformers ``resnet.encoder.stages.0.layers.0.layer.0.convolution.weight``."""
 from __future__ import annotations
 
 import re
@@ -22,6 +23,51 @@ def torchvision_rules(info):
         (r".*num_batches_tracked", "", None),
         (r"fc\.weight", "params/head/kernel", linear),
         (r"fc\.bias", "params/head/bias", copy),
+    ]
+
+
+def timm_rules(info):
+    """timm's ResNet-B keeps torchvision's key names."""
+    return torchvision_rules(info)
+
+
+def torch_architecture_problem(state):
+    """Why a torchvision-keyed state_dict is not a plain ResNet (v1.5), or None. Checked before conversion."""
+    keys = set(state)
+    if "conv1.0.weight" in keys:
+        return "a deep stem (conv1.0, conv1.1, ...: resnet*c/d/s), not a single 7x7 conv1"
+    if any(re.fullmatch(r"layer\d\.\d+\.downsample\.2\.weight", k) for k in keys):
+        return "an average-pool shortcut (downsample.1 is a conv after a pool: resnet*d), not a strided 1x1 conv"
+    if any(".se." in k or ".attn." in k for k in keys):
+        return "squeeze-excitation or attention modules in the blocks (SE-ResNet / ECA / ...)"
+    conv1, conv2 = state.get("layer1.0.conv1.weight"), state.get("layer1.0.conv2.weight")
+    if conv1 is not None and conv2 is not None and conv2.ndim == 4 and conv2.shape[1] != conv1.shape[0]:
+        return (f"grouped 3x3 convolutions (layer1.0.conv2 takes {conv2.shape[1]} of {conv1.shape[0]} channels "
+                "per group: ResNeXt)")
+    return None
+
+
+# transformers' ResNet: stage i, layer j, conv k of ``layer`` -> our layer{i+1}/block{j}/conv{k+1}.
+_HF_BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
+          ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
+
+
+def hf_rules(info):
+    stage = r"resnet\.encoder\.stages\.{i}\.layers\.(\d+)"
+    units = [("resnet\\.embedder\\.embedder", "stem/conv1", "stem/bn1")]
+    for i in range(4):
+        units.append((stage.format(i=i) + r"\.shortcut", rf"layer{i + 1}/block\1/downsample_conv",
+                      rf"layer{i + 1}/block\1/downsample_bn"))
+        units += [(stage.format(i=i) + rf"\.layer\.{k}", rf"layer{i + 1}/block\1/conv{k + 1}",
+                   rf"layer{i + 1}/block\1/bn{k + 1}") for k in range(3)]
+    rules = []
+    for src, conv_dst, bn_dst in units:
+        rules.append((rf"{src}\.convolution\.weight", f"params/{conv_dst}/kernel", conv))
+        rules += [(rf"{src}\.normalization\.{t}", f"{col}/{bn_dst}/{leaf}", copy) for t, col, leaf in _HF_BN]
+    return rules + [
+        (r".*num_batches_tracked", "", None),
+        (r"classifier\.1\.weight", "params/head/kernel", linear),
+        (r"classifier\.1\.bias", "params/head/bias", copy),
     ]
 
 

@@ -59,6 +59,38 @@ def torchvision_rules(info):
     ]
 
 
+def fc6_conv_to_hwc(a: np.ndarray) -> np.ndarray:
+    """timm's fc6 as a 7x7 conv ``(out, C, 7, 7)`` -> Flax ``(7*7*C, out)`` (NHWC flatten order)."""
+    return a.transpose(2, 3, 1, 0).reshape(-1, a.shape[0])
+
+
+def fc7_conv_to_dense(a: np.ndarray) -> np.ndarray:
+    """timm's fc7 as a 1x1 conv ``(out, in, 1, 1)`` -> ``(in, out)``."""
+    return a.reshape(a.shape[0], a.shape[1]).T
+
+
+def timm_rules(info):
+    """timm's VGG: torchvision's ``features``; fc6/fc7 as convs under ``pre_logits``; the head is ``head.fc``.
+
+    Equal to torchvision's computation up to 224 px (timm adaptive-pools smaller maps to 7x7 too);
+    above 224 timm slides fc6 over the larger map and averages after fc7, while our port (like
+    torchvision) pools to 7x7 first, so logits differ there.
+    """
+    fc = [r for r in torchvision_rules(info) if not r[0].startswith("classifier")]
+    return fc + [
+        (r"pre_logits\.fc1\.weight", "params/classifier/fc6/kernel", fc6_conv_to_hwc),
+        (r"pre_logits\.fc1\.bias", "params/classifier/fc6/bias", copy),
+        (r"pre_logits\.fc2\.weight", "params/classifier/fc7/kernel", fc7_conv_to_dense),
+        (r"pre_logits\.fc2\.bias", "params/classifier/fc7/bias", copy),
+        (r"head\.fc\.weight", "params/head/kernel", linear),
+        (r"head\.fc\.bias", "params/head/bias", copy),
+    ]
+
+
+def torch_architecture_problem(state):
+    return None
+
+
 _KERAS_LAYER = {"fc1": "classifier/fc6", "fc2": "classifier/fc7", "predictions": "head"}
 _KERAS_CONV = re.compile(r"block(\d)_conv(\d)")
 

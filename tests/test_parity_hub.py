@@ -1,0 +1,159 @@
+"""timm and transformers files convert exactly (1e-4 parity_error), as the torchvision / legacy Keras ones do.
+
+Each reference is built with random weights (and randomised BatchNorm statistics) by the real
+library, saved in its real format (timm: ``model.safetensors`` as on the Hub, or a ``.pth``;
+transformers: ``save_pretrained``), converted through the
+converter's public path (``importer.convert_weights``, the whole body of scripts/convert_weights.py;
+one run of each source through the script itself) and loaded with ``load_pretrained``. Logits and
+pre-logit features are compared in float32 eval mode at two input sizes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+import pytest
+
+import references as R
+from tl_jax import load_pretrained, preprocess
+from tl_jax.models import registry
+from tl_jax.weights import importer
+from tl_jax.weights.convert import ConversionError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+batch, ours, check, cli = R.source_batch, R.port_outputs, R.check_parity, R.convert_cli
+
+
+# ------------------------------------------------------------------------------------------------ timm
+
+def timm_reference(name: str, seed: int):
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)
+    R.randomize_torch_bn(model, seed)
+    return model.eval()
+
+
+def timm_outputs(model, x_nhwc):
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+        return model(x).numpy(), model.forward_head(model.forward_features(x), pre_logits=True).numpy()
+
+
+TIMM_CASES = [("resnet18", (224, 160), "model.safetensors"), ("resnet50", (224, 160), "resnet50.pth"),
+              ("resnet152", (224, 128), "model.safetensors"), ("vgg16", (224, 160), "model.safetensors"),
+              ("vgg16_bn", (224, 128), "model.safetensors"), ("inception_v3", (299, 160), "model.safetensors")]
+
+
+@pytest.mark.parametrize("arch,sizes,filename", TIMM_CASES)
+def test_timm_parity(arch, sizes, filename, photos, tmp_path):
+    import safetensors.torch
+    import torch
+
+    ref = timm_reference(arch, seed=len(arch))
+    path = tmp_path / filename
+    if filename.endswith(".safetensors"):
+        safetensors.torch.save_file(ref.state_dict(), str(path))
+    else:
+        torch.save(ref.state_dict(), path)
+    out = tmp_path / "store"
+    info = registry.info(arch, "timm")
+    if arch == "resnet18":  # once through the script itself
+        stdout = cli("--arch", arch, "--source", "timm", "--weights", "a1_in1k", "--input", str(path),
+                     "--output", str(out))
+        assert "converted resnet18 (timm a1_in1k, 1000 classes)" in stdout
+    else:
+        importer.convert_weights(arch, "timm", out, path)
+    model, variables, meta = load_pretrained(out)
+    assert preprocess.get_spec(meta["preprocessing"]) == info.weights.preprocessing
+    refs, outs = {}, {}
+    for size in sizes:
+        x = batch(photos, meta["preprocessing"], size)
+        refs[size], outs[size] = timm_outputs(ref, x), ours(model, variables, x)
+    check(f"timm {arch}", refs, outs)
+
+
+def test_timm_other_architectures_are_refused_by_name(tmp_path):
+    import safetensors.torch
+    import timm
+
+    for name, words in (("resnet50d", "deep stem"), ("resnext50_32x4d", "grouped 3x3 convolutions"),
+                        ("seresnet50", "squeeze-excitation")):
+        path = tmp_path / f"{name}.safetensors"
+        safetensors.torch.save_file(timm.create_model(name, pretrained=False).state_dict(), str(path))
+        with pytest.raises(ConversionError, match=words):
+            importer.convert_weights("resnet50", "timm", tmp_path / "out", path)
+        assert not (tmp_path / "out").exists()
+
+
+# -------------------------------------------------------------------------------------------- transformers
+
+def hf_reference(depth: int, directory: Path, num_labels: int = 1000, seed: int = 0, **config):
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from tl_jax.models import resnet
+
+    sizes, bottleneck = resnet.CONFIGS[depth]
+    torch.manual_seed(seed)
+    cfg = ResNetConfig(depths=list(sizes), layer_type="bottleneck" if bottleneck else "basic",
+                       hidden_sizes=[w * (4 if bottleneck else 1) for w in (64, 128, 256, 512)],
+                       num_labels=num_labels, **config)
+    model = ResNetForImageClassification(cfg)
+    R.randomize_torch_bn(model, seed)
+    model.eval()
+    model.save_pretrained(directory)
+    return model
+
+
+def hf_outputs(model, x_nhwc):
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+        return model(x).logits.numpy(), model.resnet(x).pooler_output.flatten(1).numpy()
+
+
+@pytest.mark.parametrize("depth,num_labels", [(18, 1000), (50, 10), (152, 1000)])
+def test_transformers_parity(depth, num_labels, photos, tmp_path):
+    ref = hf_reference(depth, tmp_path / "hf", num_labels, seed=depth)
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    out = tmp_path / "store"
+    if depth == 18:
+        assert "converted resnet18 (hf imagenet, 1000 classes)" in cli(
+            "--arch", "resnet18", "--source", "hf", "--input", str(tmp_path / "hf"), "--output", str(out))
+    else:
+        importer.convert_weights(f"resnet{depth}", "hf", out, tmp_path / "hf")
+    model, variables, meta = load_pretrained(out)
+    assert meta["num_classes"] == num_labels
+    refs, outs = {}, {}
+    for size in (224, 160):
+        x = batch(photos, meta["preprocessing"], size)
+        refs[size], outs[size] = hf_outputs(ref, x), ours(model, variables, x)
+    check(f"transformers resnet-{depth}", refs, outs)
+
+
+@pytest.mark.parametrize("config,words", [({"downsample_in_bottleneck": True}, "downsample_in_bottleneck=True"),
+                                          ({"downsample_in_first_stage": True}, "downsample_in_first_stage=True")])
+def test_transformers_other_architectures_are_refused(config, words, tmp_path):
+    hf_reference(50, tmp_path / "hf", **config)
+    with pytest.raises(ConversionError, match=words):
+        importer.convert_weights("resnet50", "hf", tmp_path / "out", tmp_path / "hf")
+    assert not (tmp_path / "out").exists()
+
+
+def test_transformers_config_names_the_architecture(tmp_path):
+    hf_reference(34, tmp_path / "hf")
+    with pytest.raises(ConversionError, match="describes resnet34, not resnet50: pass --arch resnet34"):
+        importer.convert_weights("resnet50", "hf", tmp_path / "out", tmp_path / "hf")
+
+

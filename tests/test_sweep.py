@@ -1,0 +1,173 @@
+"""Sweeps: K members trained in one program end where K separate ``train`` runs end; outputs, resume,
+refused fields, and the same numbers under data parallelism and with the members split over devices."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tl_jax import sweep as sweep_lib
+from tl_jax.experiment import ablation, restore, run, sweep
+from tl_jax.experiment.config import ConfigError, load_config
+from tl_jax.tree import flat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(ROOT, "configs", "default.py")
+# ResNet-18 from a random init on 8x8 digits: trainable BatchNorm in every suffix but the head's.
+TINY = {"data.source": "digits", "data.train_split": "all[:20%]", "data.eval_split": "all[20%:]",
+        "data.image_size": 8, "data.resize_size": 8, "data.min_crop_area": 1.0, "model.arch": "resnet18",
+        "model.dtype": "float32", "batch_size": 16, "eval_batch_size": 240, "num_steps": 4, "log_every_steps": 2,
+        "checkpoint_every_steps": 2, "eval_every_epochs": 0, "parallel": "none", "tensorboard": False}
+CASES = {  # frozen depth -> (extra config, swept fields): K = 4 each
+    0: ({"optim.learning_rate": 0.01}, {"optim.learning_rate": [0.01, 0.003], "seed": [0, 1]}),
+    4: ({"optim.name": "adamw", "optim.learning_rate": 1e-3},
+        {"optim.weight_decay": [0.0, 0.05], "optim.learning_rate": [1e-3, 3e-3]}),
+    5: ({"label_smoothing": 0.0}, {"label_smoothing": [0.0, 0.2], "optim.momentum": [0.0, 0.9]}),
+}
+
+
+def _config(depth: int, **extra):
+    return load_config(DEFAULT, {**TINY, "freeze.frozen_depth": depth, **CASES[depth][0], **extra})
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-12))
+
+
+@pytest.mark.parametrize("depth", [0, 4, 5], ids=["full", "stem-layer3_frozen", "head_only"])
+def test_each_member_ends_where_a_separate_train_run_ends(depth, tmp_path):
+    config, fields = _config(depth), CASES[depth][1]
+    exp, sw, values = sweep.build(config, fields)
+    assert len(sw.members) == 4
+    res = sweep_lib.fit(sw, str(tmp_path / "sweep"), log=lambda r: None)
+    for i, v in enumerate(values):
+        d = str(tmp_path / f"run{i}")
+        result = run.train(sweep.member_config(config, v), d, progress=False, echo=False)   # train.py's path
+        ref = flat(restore.restore_run(d).variables)
+        got = flat(res.member_variables(i))
+        assert ref.keys() == got.keys()
+        worst = max(_rel(got[k], ref[k]) for k in ref)
+        assert worst <= 1e-5, (v, worst)
+        final = res.final_evals[i]
+        assert final["count"] == result["final_eval"]["count"] == 1438
+        assert final["top1"] == pytest.approx(result["final_eval"]["top1"], abs=1 / 1438 + 1e-9)
+        assert final["loss"] == pytest.approx(result["final_eval"]["loss"], rel=1e-4)
+    # the members really differ: the sweep is not K copies of one run
+    a, b = flat(res.member_variables(0)), flat(res.member_variables(3))
+    assert any(not np.allclose(a[k], b[k]) for k in a)
+
+
+def test_outputs_resume_and_a_restart_with_other_values_is_refused(tmp_path):
+    config, fields = _config(5), {"optim.learning_rate": [0.1, 0.01], "label_smoothing": [0.0, 0.1]}
+    work, ref = str(tmp_path / "cut"), str(tmp_path / "whole")
+    whole = sweep.run(config, ref, fields, echo=False)
+    part = sweep.run(config, work, fields, stop_at_step=2, echo=False)
+    assert part == {"finished": False, "step": 2, "num_steps": 4}
+    resumed = sweep.run(config, work, fields, echo=False)
+    assert resumed["resumed_from"] == 2
+    for a, b in zip(resumed["members"], whole["members"]):
+        assert a["final_eval_top1"] == b["final_eval_top1"] and a["final_train_loss"] == pytest.approx(
+            b["final_train_loss"], rel=1e-6)
+    rows = resumed["members"]
+    assert [(r["optim.learning_rate"], r["label_smoothing"]) for r in rows] == [
+        (0.1, 0.0), (0.1, 0.1), (0.01, 0.0), (0.01, 0.1)]
+    assert all(r["eval_count"] == 1438 and 0 <= r["best_eval_top1"] <= 1 for r in rows)
+    with open(os.path.join(work, "sweep.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and {"optim.learning_rate", "label_smoothing", "best_eval_top1"} <= set(table[0])
+    assert open(os.path.join(work, "sweep.png"), "rb").read(4) == b"\x89PNG"
+    assert json.load(open(os.path.join(work, "sweep.json")))["num_members"] == 4
+    assert sweep.run(config, work, fields, echo=False) == resumed          # finished: reported, not retrained
+    with pytest.raises(ConfigError, match="sweep of other values"):
+        sweep.run(config, work, {"optim.learning_rate": [0.1, 0.02], "label_smoothing": [0.0, 0.1]}, echo=False)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("freeze.frozen_depth=0,4", "changes the computation's shape"),
+    ("model.arch=resnet50", "changes the computation's shape"),
+    ("batch_size=8,16", "changes the computation's shape"),
+    ("data.image_size=8,16", "changes the computation's shape"),
+    ("optim.grad_clip_norm=0,1", "not sweepable in one program"),
+    ("optim.learning_rat=0.1", "no field 'optim.learning_rat'; did you mean optim.learning_rate"),
+    ("optim.learning_rate", "use FIELD=V1,V2"),
+    ("seed=a,b", "values must be ints"),
+])
+def test_fields_that_change_the_graph_are_refused_in_one_line(spec, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        sweep.parse([spec], _config(5))
+    assert "\n" not in str(e.value)
+
+
+def test_a_seed_sweep_from_a_random_init_needs_depth_0():
+    with pytest.raises(ConfigError, match="changes the frozen stages too"):
+        sweep.build(_config(4), {"seed": [0, 1]})
+
+
+def test_ablation_runs_a_sweep_at_each_depth(tmp_path):
+    config = _config(5, **{"num_steps": 2})
+    rows, paths = ablation.ablate(config, str(tmp_path), depths="4,5", sweep={"optim.learning_rate": [0.01, 0.001]},
+                                  progress=False, log=lambda m: None)
+    assert [r["variant"] for r in rows] == ["depth4", "depth5"]
+    data = json.load(open(paths["json"]))
+    assert [len(r["members"]) for r in data["sweeps"]] == [2, 2]
+    best = data["sweeps"][0]["members"]
+    assert rows[0]["best_top1_max"] == max(m["best_eval_top1"] for m in best)
+
+
+_PARALLEL = r"""
+import json, sys, numpy as np
+from tl_jax import sweep as sweep_lib
+from tl_jax.experiment import sweep
+from tl_jax.experiment.config import load_config
+from tl_jax.tree import flat
+cfg = json.loads(sys.argv[1]); fields = {"optim.learning_rate": [0.01, 0.003], "label_smoothing": [0.0, 0.1]}
+out = {}
+for name, parallel, shard in (("one", "none", False), ("shard_map", "shard_map", False), ("pmap", "pmap", False),
+                              ("members", "none", True)):
+    config = load_config(sys.argv[2], {**cfg, "parallel": parallel})
+    _, sw, _ = sweep.build(config, fields, shard_members=shard)
+    res = sweep_lib.fit(sw, log=lambda r: None)
+    out[name] = {"params": [{k: v.tolist() for k, v in flat(res.member_variables(i)).items() if "layer4/block1/conv2" in k
+                             or "head" in k or "bn" in k} for i in range(4)],
+                 "evals": res.final_evals}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_data_parallel_and_member_sharding_give_the_same_members():
+    """Two CPU devices: the batch split under shard_map and pmap (synced BatchNorm), or the members split."""
+    cfg = {**TINY, "freeze.frozen_depth": 4, "num_steps": 3, "checkpoint_every_steps": 0}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, "-c", _PARALLEL, json.dumps(cfg), DEFAULT], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    one = out["one"]
+    for name in ("shard_map", "pmap", "members"):
+        for i in range(4):
+            for k, v in one["params"][i].items():
+                assert _rel(np.asarray(out[name]["params"][i][k]), np.asarray(v)) <= 1e-4, (name, i, k)
+            assert out[name]["evals"][i]["count"] == one["evals"][i]["count"] == 1438
+            assert out[name]["evals"][i]["top1"] == pytest.approx(one["evals"][i]["top1"], abs=2 / 1438)
+
+
+def test_the_script_refuses_a_graph_field_in_one_line():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--config", DEFAULT,
+                           "--workdir", "/nonexistent/never", "--sweep", "freeze.frozen_depth=0,4"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "changes the computation's shape" in proc.stderr
+
+
+def test_benchmark_record_at_toy_size():
+    from tl_jax.bench import sweep as bench
+
+    r = bench.compare("resnet18", 5, k=2, batch=4, resolution=16, steps=3)
+    assert r["members"] == 2 and r["batching"] == "vmap" and r["sweep_wall_s"] > 0 and r["steady_ratio"] > 0
+    mem = r["memory"]
+    assert mem["sweep"]["peak_bytes"] > 0 and mem["one_run"]["peak_bytes"] > 0
