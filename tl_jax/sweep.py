@@ -12,10 +12,9 @@ the modules of stages ``< d`` replaced by it (earlier ones skipped, so nothing o
 computed again). Everything from the stage boundary on, pooling and dropout included, runs per
 member with that member's rng, exactly as in a single run.
 
-Members run either vmapped (one batched computation: best where the suffix is matrix products, a
-linear probe, and on accelerators) or as a loop unrolled in the program (best for convolutional
-suffixes on CPU, where XLA's batched convolutions are slower than K plain ones);
-``batching="auto"`` picks vmap on accelerators or when only the head trains.
+Members run either vmapped (one batched computation) or as a loop unrolled in the program, which
+repeats a single run's operations exactly; ``batching="auto"`` picks vmap on accelerators or when
+only the head trains, the loop otherwise (see :func:`batching_for`).
 
 Equal to separate runs: each member's updates are those of ``loop.fit`` with its values (same
 batches, same rng, same optax chain; a member whose weight decay or momentum is 0 adds ``0 * x``
@@ -344,7 +343,12 @@ def suffix_spec(spec: FreezeSpec, params: Any) -> FreezeSpec:
 
 
 def batching_for(requested: str, stage_names: Sequence[str], depth: int) -> str:
-    """``auto``: vmap on accelerators or when only the head trains, an unrolled loop otherwise."""
+    """``auto``: vmap on accelerators or when only the head trains, the unrolled loop otherwise.
+
+    On CPU the vmapped convolutional suffix is much faster (benchmarks/RESULTS.md) but does not
+    reproduce separate runs to 1e-5 (its batched convolutions sum in another order, and a few
+    training steps amplify that); the loop does, so it stays the default there until that is settled.
+    """
     if requested != "auto":
         return requested
     head_only = depth == len(stage_names) - 1
