@@ -145,12 +145,19 @@ def test_evaluate_converted_weights_on_imagenet_layout(tmp_path):
 
     R.torchvision_reference("resnet18", str(tmp_path / "r18.pth"), seed=4)
     importer.convert_weights("resnet18", "torchvision", tmp_path / "store", tmp_path / "r18.pth")
+    from timm.data import ImageNetInfo
+
     names = store.imagenet_class_names()
     assert names is not None and len(names) == 1000 and store.read_metadata(tmp_path / "store")["class_names"] == names
+    # timm's ImageNet table (synset and WordNet lemmas per index) ties torchvision's names to synsets: every
+    # torchvision name is one of the lemmas at its index but two it disambiguates ("crane bird", "maillot tank suit").
+    imagenet = ImageNetInfo()
+    lemmas = [imagenet.index_to_description(i).lower() for i in range(1000)]
+    assert sum(n.lower() not in d for n, d in zip(names, lemmas)) <= 2
     with tfds.testing.mock_data(num_examples=8):
         builder = tfds.builder("imagenet2012")
         synsets = builder.info.features["label"].names
-        assert len(synsets) == 1000 and synsets == sorted(synsets)  # the order torchvision's list follows
+        assert synsets == sorted(synsets) == [imagenet.index_to_label_name(i) for i in range(1000)]
         metrics = restore.evaluate_weights(str(tmp_path / "store"), "tfds:imagenet2012", "validation", batch_size=4)
         ds = tfds.load("imagenet2012", split="validation")
         model, variables, meta = load_pretrained(tmp_path / "store")
@@ -164,3 +171,19 @@ def test_evaluate_converted_weights_on_imagenet_layout(tmp_path):
     top5 = np.argsort(-logits, axis=1)[:, :5]
     assert metrics["top5"] == pytest.approx(np.mean([l in t for l, t in zip(labels, top5)]))
     assert metrics["published_top1"] == pytest.approx(0.69758)
+
+
+def test_the_tags_interpolation_reaches_the_eval_transform():
+    """timm's bicubic evaluation resize is what the data pipeline does for a timm tag (torchvision's: bilinear)."""
+    from tl_jax.data import transform
+
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    for source, arch, filt in (("timm", "resnet50", "bicubic"), ("torchvision", "resnet50", "bilinear")):
+        spec = registry.info(arch, source).preprocessing
+        t = transform.make_transform(spec, train=False, image_size=32)
+        assert t.interpolation == filt
+        want = preprocess.resize_and_center_crop(image, t.resize_size, 32, filt)
+        other = preprocess.resize_and_center_crop(image, t.resize_size, 32, "bilinear" if filt == "bicubic" else "bicubic")
+        got = transform.eval_array(image, t)
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, other)
