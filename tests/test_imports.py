@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 CORE = ["tl_jax", "tl_jax.tree", "tl_jax.models", "tl_jax.weights.convert", "tl_jax.weights.keras",
-        "tl_jax.weights.store", "tl_jax.weights.importer", "tl_jax.preprocess", "tl_jax.freeze", "tl_jax.optim",
+        "tl_jax.weights.store", "tl_jax.weights.importer", "tl_jax.weights.timm", "tl_jax.weights.hf",
+        "tl_jax.weights.tensors", "tl_jax.weights.fetch", "tl_jax.preprocess", "tl_jax.freeze", "tl_jax.optim",
         "tl_jax.step", "tl_jax.parallel", "tl_jax.checkpoint", "tl_jax.loop", "tl_jax.data",
         # what the GPU benchmark imports (that machine has no TensorFlow, tfds or ml_collections)
         "tl_jax.experiment.cli", "tl_jax.bench.step", "tl_jax.bench.torch_peer"]

@@ -18,7 +18,8 @@ import numpy as np
 from tl_jax.models import registry
 from tl_jax.weights import fetch, hf, store
 from tl_jax.weights.keras import convert_keras, convert_keras_backbone
-from tl_jax.weights.torchvision import convert_timm, convert_torchvision
+from tl_jax.weights.timm import convert_timm
+from tl_jax.weights.torchvision import convert_torchvision
 
 _CONVERTERS = {"torchvision": convert_torchvision, "keras": convert_keras, "timm": convert_timm,
                "hf": hf.convert_hf}

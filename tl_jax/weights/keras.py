@@ -22,9 +22,10 @@ import json
 import os
 import re
 import zipfile
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from tl_jax.models import registry
 from tl_jax.models.init import variables_template
@@ -178,16 +179,9 @@ def convert_keras_backbone(arch: str, source: str | os.PathLike) -> tuple[dict[s
     model = _model_for(info, weights, None)
     template = variables_template(model, info.input_size)
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
-    flat = set(_paths(template))
+    flat = set(traverse_util.flatten_dict(dict(template)))
     ignored = sorted({name.rsplit("/", 1)[0] for name in unmatched}
                      | {src.rsplit("/", 1)[0] for path, (src, _) in entries.items() if path not in flat})
     kept = {path: entry for path, entry in entries.items() if path in flat}
     return convert.assemble(template, kept, (), what=f"Keras {arch} backbone"), ignored
 
-
-def _paths(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _paths(v, prefix + (k,))
-        else:
-            yield prefix + (k,)

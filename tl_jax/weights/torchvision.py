@@ -36,7 +36,8 @@ def convert_state_dict(info: registry.ModelConfig, state: Mapping[str, np.ndarra
                             what=f"{source_name} weights for {info.arch}")
 
 
-def _as_numpy(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
+def as_numpy(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A state_dict file, or a mapping of tensors / arrays, as numpy arrays."""
     if isinstance(source, (str, os.PathLike)):
         return read_state_dict(source)
     return {k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v) for k, v in source.items()}
@@ -51,16 +52,5 @@ def convert_torchvision(arch: str, source: str | os.PathLike | Mapping[str, Any]
     ``IMAGENET1K_V2``) has the same keys.
     """
     info = registry.info(arch, "torchvision")
-    return convert_state_dict(info, _as_numpy(source), maps.family(info.family).torchvision_rules(info), model,
+    return convert_state_dict(info, as_numpy(source), maps.family(info.family).torchvision_rules(info), model,
                               source_name="torchvision")
-
-
-def convert_timm(arch: str, source: str | os.PathLike | Mapping[str, Any], model: Any = None) -> dict[str, Any]:
-    """A timm state_dict (``model.safetensors``, ``.pth`` or ``.bin``) -> variables for ``arch``.
-
-    Only timm models whose architecture is one of our ports: ``resnet{18..152}`` (ResNet-B),
-    ``vgg*``, ``inception_v3``; ``resnet50d``, ResNeXt, SE-ResNet ... are refused by name.
-    """
-    info = registry.info(arch, "timm")
-    return convert_state_dict(info, _as_numpy(source), maps.family(info.family).timm_rules(info), model,
-                              source_name="timm")
