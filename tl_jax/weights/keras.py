@@ -145,12 +145,11 @@ def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return _legacy(root, path)
 
 
-def _model_for(info: registry.ModelConfig, weights: dict[str, np.ndarray], num_classes: int | None | str) -> Any:
-    """The Flax model these weights fill: their head's class count; VGG without fc6/fc7 as its conv backbone."""
-    if num_classes == "file":
-        head = weights.get("head/bias")
-        num_classes = int(head.shape[0]) if head is not None else None  # a _notop / include_top=False file
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
+def _model_for(info: registry.ModelConfig, weights: dict[str, np.ndarray], with_head: bool) -> Any:
+    """The Flax model these weights fill: their head's class count (none for a _notop / include_top=False
+    file, or without ``with_head``); VGG without fc6/fc7 as its conv backbone."""
+    head = weights.get("head/bias") if with_head else None
+    kwargs: dict[str, Any] = {"num_classes": int(head.shape[0]) if head is not None else None}
     if info.family == "vgg" and not any(k.startswith("classifier/") for k in weights):
         kwargs["include_classifier"] = False
     return info.build(**kwargs)
@@ -161,7 +160,7 @@ def convert_keras(arch: str, source: str | os.PathLike, model: Any = None) -> di
     info = registry.info(arch, "keras")
     fam = maps.family(info.family)
     weights = fam.keras_canonical_names(read_h5_weights(source))
-    model = model or _model_for(info, weights, "file")
+    model = model or _model_for(info, weights, with_head=True)
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
     return convert.assemble(variables_template(model, info.input_size), entries, unmatched,
                             what=f"Keras weights for {arch}")
@@ -176,7 +175,7 @@ def convert_keras_backbone(arch: str, source: str | os.PathLike) -> tuple[dict[s
     info = registry.info(arch, "keras")
     fam = maps.family(info.family)
     weights = fam.keras_canonical_names(read_h5_weights(source))
-    model = _model_for(info, weights, None)
+    model = _model_for(info, weights, with_head=False)
     template = variables_template(model, info.input_size)
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
     flat = set(traverse_util.flatten_dict(dict(template)))

@@ -14,11 +14,6 @@ from tl_jax.models.init import variables_template
 from tl_jax.weights import convert, maps, tensors
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A ``torch.save``-d state_dict (or a checkpoint dict holding one), or a ``.safetensors`` file."""
-    return tensors.read_tensors(path)
-
-
 def convert_state_dict(info: registry.ModelConfig, state: Mapping[str, np.ndarray], rules: list,
                        model: Any = None, *, source_name: str) -> dict[str, Any]:
     """A PyTorch-keyed state_dict -> ``{"params", "batch_stats"}`` for ``info``'s model, strictly.
@@ -39,7 +34,7 @@ def convert_state_dict(info: registry.ModelConfig, state: Mapping[str, np.ndarra
 def as_numpy(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A state_dict file, or a mapping of tensors / arrays, as numpy arrays."""
     if isinstance(source, (str, os.PathLike)):
-        return read_state_dict(source)
+        return tensors.read_tensors(source)
     return {k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v) for k, v in source.items()}
 
 
