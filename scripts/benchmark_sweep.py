@@ -17,7 +17,7 @@ _MEMBERS = flags.DEFINE_integer("members", 8, "members (K) and sequential runs",
 _BATCH = flags.DEFINE_integer("batch", 32, "batch", lower_bound=1)
 _RESOLUTION = flags.DEFINE_integer("resolution", 64, "image side in pixels", lower_bound=8)
 _STEPS = flags.DEFINE_integer("steps", 10, "steps of every run", lower_bound=2)
-_BATCHING = flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "loop"], "how the sweep runs its members")
+_BATCHING = flags.DEFINE_enum("batching", "vmap", ["vmap", "loop"], "how the sweep runs its members")
 _MEMORY = flags.DEFINE_bool("memory", True, "also compile both steps once more for XLA's memory analysis")
 _OUT = flags.DEFINE_string("out", "", "write the records as JSON here")
 

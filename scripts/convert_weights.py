@@ -8,7 +8,8 @@
 
 Without --input the published file is taken from the frameworks' caches ($TORCH_HOME/hub/checkpoints,
 ~/.keras/models, the Hugging Face cache) or downloaded. The output is written atomically: on any
-error no output directory is left behind. Load the result with tl_jax.load_pretrained(DIR).
+error no output directory is left behind. Weights holding NaN or infinity are refused (--allow_nonfinite
+overrides); a .pth file's CRC-32 checksums are verified. Load the result with tl_jax.load_pretrained(DIR).
 """
 from absl import flags
 
@@ -26,12 +27,15 @@ _OUTPUT = flags.DEFINE_string("output", None, "weights directory to create")
 _BACKBONE_ONLY = flags.DEFINE_bool("backbone_only", False, "Keras: convert the keras.applications backbone of a "
                                    "model with your own layers on top, ignoring those")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output directory")
+_ALLOW_NONFINITE = flags.DEFINE_bool("allow_nonfinite", False, "convert source weights that hold NaN or infinity "
+                                     "(refused by default: a damaged file or a diverged training)")
 flags.mark_flags_as_required(["arch", "source", "output"])
 
 
 def main(argv: list[str]) -> None:
     s = importer.convert_weights(_ARCH.value, _SOURCE.value, _OUTPUT.value, _INPUT.value, weights=_WEIGHTS.value,
-                                 backbone_only=_BACKBONE_ONLY.value, overwrite=_OVERWRITE.value)
+                                 backbone_only=_BACKBONE_ONLY.value, overwrite=_OVERWRITE.value,
+                                 allow_nonfinite=_ALLOW_NONFINITE.value)
     head = "no head" if s["num_classes"] is None else f"{s['num_classes']} classes"
     if s["ignored"]:
         print(f"ignored {len(s['ignored'])} layers outside the {s['arch']} backbone: {', '.join(s['ignored'])}")

@@ -19,8 +19,8 @@ from tl_jax.experiment import cli, sweep
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the base config (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory (created; an existing one is resumed)")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "FIELD=V1,V2,... (repeat for a Cartesian product)")
-_BATCHING = flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "loop"],
-                              "members vmapped or unrolled in the program (auto: vmap on accelerators or head-only)")
+_BATCHING = flags.DEFINE_enum("batching", "vmap", ["vmap", "loop"],
+                              "members vmapped (fast) or unrolled in the program (float32 bits of train.py on CPU)")
 _SHARD = flags.DEFINE_bool("shard_members", False, "split the members over the devices instead of the batch")
 _STOP = flags.DEFINE_integer("stop_at_step", None, "leave after this step, with a checkpoint")
 flags.mark_flags_as_required(["config", "workdir"])

@@ -9,7 +9,8 @@ Any field can be overridden with --config.<field>=<value>; a misspelt field fail
 workdir gets config.json, run.json, metrics.jsonl, tensorboard/, checkpoints/ and, when done,
 result.json (see tl_jax/experiment/run.py). Evaluate a run with scripts/evaluate.py, classify
 images with scripts/predict.py. Exit codes: 0 done (or stopped at --stop_at_step), 1 failed,
-2 bad command line, 130 interrupted (the same command resumes).
+2 bad command line, 143 stopped by SIGTERM and 130 by Ctrl-C after checkpointing the step in
+progress (the same command resumes).
 """
 from absl import flags
 from ml_collections import config_flags

@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "tl_jax")
 LAYERS = {"tl_jax": 0, "tl_jax.tree": 0, "tl_jax.preprocess": 0, "tl_jax.models": 0, "tl_jax.weights": 0,
           "tl_jax.data": 0, "tl_jax.freeze": 1, "tl_jax.optim": 1, "tl_jax.step": 2, "tl_jax.parallel": 2,
-          "tl_jax.checkpoint": 2, "tl_jax.loop": 3, "tl_jax.sweep": 3, "tl_jax.experiment": 4, "tl_jax.bench": 4}
+          "tl_jax.checkpoint": 2, "tl_jax.preemption": 2, "tl_jax.loop": 3, "tl_jax.sweep": 3, "tl_jax.experiment": 4,
+          "tl_jax.bench": 4}
 # Third-party packages that stay imported inside functions: heavy or optional, needed by few paths.
 LAZY_OK = {"tensorflow", "tensorflow_datasets", "torch", "torchvision", "keras", "h5py", "matplotlib", "sklearn",
            "ml_collections", "PIL", "jax", "triton", "importlib", "ast", "scipy", "tensorboard",

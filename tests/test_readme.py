@@ -51,6 +51,9 @@ RULES = [
     (r"^python scripts/sweep\.py --config configs/resnet50_tf_flowers\.py", ("covered", "tests/test_sweep.py",
                                                                           "12 members; the same sweep code runs there")),
     (r"^bash benchmarks/gpu\.sh", ("covered", "tests/test_benchmark.py", "needs a GPU; its script runs there")),
+    (r"^python scripts/export_weights\.py --workdir runs/flowers --to (torchvision|safetensors)", ("run", [])),
+    (r"^python scripts/export_weights\.py --workdir runs/cats_vs_dogs .*--to keras",
+     ("covered", "tests/test_export_keras.py", "a Keras VGG-16 run; Keras exports are loaded back there")),
 ]
 
 
@@ -127,3 +130,5 @@ def test_readme_commands_and_examples_run(tmp_path):
     for run in ("flowers", "flowers_depth2", "mine"):
         assert (tmp_path / "runs" / run / "result.json").exists(), run
     assert (tmp_path / "runs" / "probe" / "probe.json").exists()
+    for name in ("flowers.pth", "flowers.pth.json", "flowers.safetensors", "flowers.safetensors.json"):
+        assert (tmp_path / "exported" / name).exists(), name

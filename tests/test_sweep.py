@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -39,11 +42,9 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-12))
 
 
-@pytest.mark.parametrize("depth", [0, 4, 5], ids=["full", "stem-layer3_frozen", "head_only"])
-def test_each_member_ends_where_a_separate_train_run_ends(depth, tmp_path):
-    config, fields = _config(depth), CASES[depth][1]
-    exp, sw, values = sweep.build(config, fields)
-    assert len(sw.members) == 4
+def _members_against_separate_runs(config, fields, batching, tmp_path) -> None:
+    exp, sw, values = sweep.build(config, fields, batching=batching)
+    assert len(sw.members) == int(np.prod([len(v) for v in fields.values()]))
     res = sweep_lib.fit(sw, str(tmp_path / "sweep"), log=lambda r: None)
     for i, v in enumerate(values):
         d = str(tmp_path / f"run{i}")
@@ -58,8 +59,24 @@ def test_each_member_ends_where_a_separate_train_run_ends(depth, tmp_path):
         assert final["top1"] == pytest.approx(result["final_eval"]["top1"], abs=1 / 1438 + 1e-9)
         assert final["loss"] == pytest.approx(result["final_eval"]["loss"], rel=1e-4)
     # the members really differ: the sweep is not K copies of one run
-    a, b = flat(res.member_variables(0)), flat(res.member_variables(3))
+    a, b = flat(res.member_variables(0)), flat(res.member_variables(len(values) - 1))
     assert any(not np.allclose(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("depth", [0, 4, 5], ids=["full", "stem-layer3_frozen", "head_only"])
+def test_each_vmapped_member_ends_where_a_separate_train_run_ends(depth, tmp_path):
+    """The default (vmap) computes each member's run. Arithmetic in float64 (parameters stay float32):
+    in float32 the batched convolutions sum in another order and this chaotic toy amplifies the last
+    bits (a 1e-6 change of the initial parameters moves a single run by 1e-2), which would hide the
+    difference between a wrong program and a reordered sum."""
+    with jax.enable_x64(True):
+        _members_against_separate_runs(_config(depth, **{"model.dtype": "float64"}), CASES[depth][1], "vmap",
+                                       tmp_path)
+
+
+def test_the_member_loop_repeats_separate_float32_runs(tmp_path):
+    """``--batching loop`` replays a single run's float32 operations, full fine-tune with trainable BatchNorm."""
+    _members_against_separate_runs(_config(0), {"optim.learning_rate": [0.01, 0.003]}, "loop", tmp_path)
 
 
 def test_outputs_resume_and_a_restart_with_other_values_is_refused(tmp_path):
@@ -171,3 +188,28 @@ def test_benchmark_record_at_toy_size():
     assert r["members"] == 2 and r["batching"] == "vmap" and r["sweep_wall_s"] > 0 and r["steady_ratio"] > 0
     mem = r["memory"]
     assert mem["sweep"]["peak_bytes"] > 0 and mem["one_run"]["peak_bytes"] > 0
+
+
+def test_sigterm_checkpoints_the_sweep_step_in_progress_and_the_same_command_resumes(tmp_path):
+    work = str(tmp_path / "sweep")
+    cfg = {**TINY, "freeze.frozen_depth": 5, "num_steps": 40, "log_every_steps": 1, "checkpoint_every_steps": 1000}
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--config", DEFAULT, "--workdir", work,
+           "--sweep", "optim.learning_rate=0.1,0.01", *[f"--config.{k}={v}" for k, v in cfg.items()]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        metrics, deadline = os.path.join(work, "metrics.jsonl"), time.time() + 300
+        while not (os.path.exists(metrics) and '"split": "train"' in open(metrics).read()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    step = int(line.split("preempted at step ")[1].split(";")[0])
+    assert line == f"sweep.py: preempted at step {step}; run the same command to resume" and 1 <= step < 40
+    assert os.path.isdir(os.path.join(work, "checkpoints", str(step)))
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.load(open(os.path.join(work, "sweep.json")))["resumed_from"] == step

@@ -107,6 +107,13 @@ def test_train_evaluate_predict_export_and_resume(tmp_path):
     preds = restore.predict([paths[0], broken, *paths[1:]], top_k=3, workdir=work)
     assert [p["image"] for p in preds] == [paths[0], broken, *paths[1:]]
     assert "cannot read image" in preds[1]["error"] and "top_k" not in preds[1]
+    big, limit = str(tmp_path / "big.png"), Image.MAX_IMAGE_PIXELS   # PIL's decompression-bomb refusal, scaled down
+    Image.new("RGB", (64, 64)).save(big)
+    Image.MAX_IMAGE_PIXELS = 1000
+    try:
+        assert "cannot read image" in restore.predict([big], workdir=work)[0]["error"]
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     preds = [preds[0], *preds[2:]]
     model, variables, spec, names = restore.load_for_prediction(workdir=work)
     x = np.stack([preprocess.prepare(Image.open(p), spec) for p in paths])

@@ -11,13 +11,19 @@ mid-save leaves a folder that is not listed as a step. A listed step that cannot
 (damaged files) is skipped with a warning in favour of the previous one; when the resumed run
 saves that step again the damaged folder is first renamed ``<step>.unreadable``. If no listed
 step can be read at all (e.g. a changed model) restore raises instead of silently starting over.
+
+A save that fails (disk full, permissions, I/O error; asynchronous saves fail in the background
+and surface at ``check``, the next ``save`` or ``close``) raises :class:`WriteError`, one line
+naming the directory, orbax's error and the latest committed step, which stays restorable.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import orbax.checkpoint as ocp
@@ -31,6 +37,23 @@ class FormatError(ValueError):
     """A checkpoint written by another version of tl_jax's checkpoint layout."""
 
 
+class WriteError(OSError):
+    """A checkpoint could not be written; the previous committed step is intact."""
+
+
+class _QuietFailedSaves(logging.Filter):
+    """Orbax logs a failed background save with its traceback (and asyncio may log the failed
+    write task as "never retrieved"), then raises the error again at the next save or wait, where
+    ``WriteError`` reports it in one line: drop the logged copies."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if record.name == "asyncio":
+            return "orbax" not in record.getMessage()
+        return not (record.exc_info and "orbax" in record.pathname)
+
+
 class _QuietUntrackedSaves(logging.Filter):
     """Saves between evals carry no metric by design (only eval steps compete for best);
     orbax warns about each of them."""
@@ -40,6 +63,28 @@ class _QuietUntrackedSaves(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
+logging.getLogger("absl").addFilter(_QuietFailedSaves())
+logging.getLogger("asyncio").addFilter(_QuietFailedSaves())
+
+
+@contextlib.contextmanager
+def _quiet_orphaned_writes() -> Iterator[None]:
+    """When one write of a save fails, orbax closes its event loop while tensorstore's other writes
+    of that save are still in flight; each of them then reports ``RuntimeError: Event loop is
+    closed`` as an unraisable exception, a traceback apiece. The failure itself reaches ``save``,
+    ``check`` or ``close`` and is reported once: drop those echoes (and nothing else)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
 
 
 def abstract_like(tree: Any, sharding: Any = None) -> Any:
@@ -60,10 +105,13 @@ class Checkpointer:
         kept too. ``None`` keeps only the latest.
       best_mode: ``"max"`` (accuracy) or ``"min"`` (loss).
       async_save: write in a background thread (``save`` returns after the device-to-host copy).
+      read_only: for readers of a run (evaluate, predict, export): no saves, and the temporary
+        folders of saves in progress are left alone (the writer may be running; the default
+        clears them at start, which would break a save in progress).
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2, best_metric: str | None = "top1",
-                 best_mode: str = "max", async_save: bool = True) -> None:
+                 best_mode: str = "max", async_save: bool = True, read_only: bool = False) -> None:
         self.best_metric = best_metric
         policies: list[Any] = [ocm.LatestN(n=keep)]
         best_fn = None
@@ -73,9 +121,12 @@ class Checkpointer:
                                       keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1, preservation_policy=ocm.AnyPreservationPolicy(policies), best_fn=best_fn,
-            best_mode=best_mode, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
+            best_mode=best_mode, enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+            create=not read_only, read_only=read_only)
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
         self._unreadable: set[int] = set()
+        self._quiet = contextlib.ExitStack()
+        self._quiet.enter_context(_quiet_orphaned_writes())
 
     @property
     def directory(self) -> str:
@@ -99,8 +150,28 @@ class Checkpointer:
             raise KeyError(f"best_metric {self.best_metric!r} not among eval metrics {sorted(metrics)}")
         args = {k: ocp.args.StandardSave(v) for k, v in written.items()}
         args[META] = ocp.args.JsonSave({**meta, "format": FORMAT, "items": sorted(written)})
-        self.manager.save(int(step), args=ocp.args.Composite(**args),
-                          metrics=None if metrics is None or self.best_metric is None else dict(metrics), force=True)
+        with self._writing():
+            self.manager.save(int(step), args=ocp.args.Composite(**args), force=True,
+                              metrics=None if metrics is None or self.best_metric is None else dict(metrics))
+
+    def check(self) -> None:
+        """Raise ``WriteError`` if a background save has failed (cheap: no waiting)."""
+        with self._writing():
+            self.manager.check_for_errors()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Orbax's errors while writing (theirs or the OS's) as one ``WriteError``."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - orbax raises ValueError, OSError, RuntimeError, ...
+            committed = [int(n) for n in os.listdir(self.directory) if n.isdigit()] if os.path.isdir(
+                self.directory) else []
+            text = " ".join(str(e).split())
+            raise WriteError(f"writing a checkpoint to {self.directory} failed ({type(e).__name__}: {text[:600]}); "
+                             f"training stopped. The latest complete checkpoint, step {max(committed, default=0)} "
+                             f"(0: none), is intact: free space or fix the directory, then run the same command "
+                             f"to resume") from e
 
     def restore(self, target: Mapping[str, Any] | Callable[[int], Mapping[str, Any]], step: int | None = None,
                 sharding: Any = None) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
@@ -160,11 +231,15 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are written."""
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+            self._quiet.close()
 
     def __enter__(self) -> "Checkpointer":
         return self

@@ -11,6 +11,11 @@ Resuming: a checkpoint holds the parameters, BatchNorm statistics, optimizer sta
 and the number of batches consumed; ``setup.train_data(start)`` must yield the batches from
 that position on, so an interrupted run ends exactly where an uninterrupted one does.
 
+Stopping: with checkpoints, SIGTERM and SIGINT finish the step in progress, checkpoint it (every
+process the same step) and raise ``Preempted`` (``tl_jax.preemption``). A checkpoint or metrics
+write that fails (disk full, permissions, I/O) raises an ``OSError`` naming the path; the last
+committed checkpoint stays restorable.
+
 Throughput (``steps_per_s``) counts steady-state steps only: the clock starts after the first
 step of each compiled program (compilation) and stops during evaluations and checkpoint saves.
 """
@@ -28,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tl_jax import preemption
 from tl_jax.checkpoint import Checkpointer
 from tl_jax.freeze import FreezeSpec
 from tl_jax.optim import OptimConfig, make_optimizer, make_schedule, transfer_opt_state
@@ -161,14 +167,19 @@ def fit(setup: Setup, workdir: str | None = None, *, log: Log | None = None,
     ``cadence.checkpoint_every`` steps, at the end and at ``stop_at_step`` (keeping the last
     ``keep_checkpoints`` plus the best by eval top-1; only checkpoints at eval steps compete for
     best). ``log`` gets every record (default: JSON lines in ``workdir/metrics.jsonl``).
-    ``stop_at_step`` leaves after that step, for time-sliced jobs.
+    ``stop_at_step`` leaves after that step, for time-sliced jobs. With checkpoints, SIGTERM or
+    SIGINT saves the step in progress and raises ``preemption.Preempted``; a checkpoint that
+    cannot be written raises ``checkpoint.WriteError`` (the previous one stays restorable).
     """
     log = log or JsonlLogger(os.path.join(workdir, "metrics.jsonl") if workdir else None)
     dp, cad = setup.parallel, setup.cadence
     programs = _Programs(setup)
     ckpt = (Checkpointer(os.path.join(workdir, "checkpoints"), keep=cad.keep_checkpoints)
             if workdir and cad.checkpoint_every else None)
-    with ckpt or contextlib.nullcontext():
+    # The watch closes last: a second signal while the final save commits is only noted.
+    watch = preemption.Watch() if ckpt else None
+    stopped_by = None
+    with watch or contextlib.nullcontext(), ckpt or contextlib.nullcontext():
         state, start, position = _start(setup, programs, ckpt, log)
         end = setup.num_steps if stop_at_step is None else min(setup.num_steps, max(int(stop_at_step), start))
         meter = _Meter(log, make_schedule(setup.optim, setup.num_steps), saved=start)
@@ -185,20 +196,27 @@ def fit(setup: Setup, workdir: str | None = None, *, log: Log | None = None,
                 state, metrics = program.train(state, batch)
                 meter.add(dp.get(metrics), step, dp.global_batch_size(batch), compiled=compiles)
                 done = step + 1
+                stop = watch is not None and watch.reached(done) and done < end
                 if done == end or done % cad.log_every == 0:
                     meter.log(done)
+                    if ckpt:
+                        ckpt.check()      # a background save that failed stops training here
                 if setup.eval_data is not None and (done == setup.num_steps or (cad.eval_every and
                                                                                done % cad.eval_every == 0)):
                     with meter.paused():
                         final = {"step": done, **evaluate(dp, program.evaluate, state.variables, setup.eval_data)}
                         log({"split": "eval", **final})
-                if ckpt and (done == end or done % cad.checkpoint_every == 0):
+                if ckpt and (done == end or stop or done % cad.checkpoint_every == 0):
                     with meter.paused():
                         meter.check(done)
                         fresh = final if final is not None and final["step"] == done else None
                         ckpt.save(done, state_items(dp.get(state)), {"data_position": done,
                                                                      "frozen_depth": program.depth}, metrics=fresh)
                         meter.saved = done
+                if stop:
+                    log({"event": "preempted", "step": done})
+                    stopped_by = preemption.Preempted(done, watch.signum)
+                    break
         except KeyboardInterrupt as e:
             e.add_note(f"interrupted at step {start + meter.steps}; the last checkpoint is step {meter.saved} "
                        f"(0: none): run the same command to resume from it")
@@ -209,8 +227,10 @@ def fit(setup: Setup, workdir: str | None = None, *, log: Log | None = None,
                 close()
         if start == end == setup.num_steps and setup.eval_data is not None:   # finished earlier: report it
             final = {"step": end, **evaluate(dp, program.evaluate, state.variables, setup.eval_data)}
-        if end < setup.num_steps:
+        if stopped_by is None and end < setup.num_steps:
             log({"event": "stopped", "step": end})
+    if stopped_by is not None:      # raised once the checkpoint has committed and the handlers are restored
+        raise stopped_by
     return FitResult(dp.get(state), start, end, final if end == setup.num_steps else None, meter.steps_per_s())
 
 
@@ -332,8 +352,12 @@ class JsonlLogger:
 
     def __call__(self, record: dict[str, Any]) -> None:
         if self.path and jax.process_index() == 0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+            except OSError as e:   # ENOSPC names no file: say which one
+                raise OSError(f"cannot write {self.path} ({e.strerror or e}): free space or fix the "
+                              f"permissions, then run the same command to resume") from e
 
 
 __all__ = ["Cadence", "FitResult", "JsonlLogger", "Model", "Setup", "evaluate", "fit", "state_items"]

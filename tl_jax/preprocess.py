@@ -117,6 +117,21 @@ def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
+def to_rgb(image: Any) -> Any:
+    """A PIL image as 8-bit RGB, the layout TensorFlow's decoder gives training (``tf_ops.decode``).
+
+    Palettes are expanded, alpha is dropped (not composited over a background), gray is repeated,
+    CMYK converted (the same pixels as TensorFlow), 16-bit samples keep their high byte (PIL's own
+    ``convert("RGB")`` clips 16-bit gray at 255). EXIF orientation is not applied, as neither
+    torchvision's loader nor TensorFlow applies it.
+    """
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit PNG gray
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def resize_and_center_crop(image: Any, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
     """``Resize(resize)`` (shorter side, antialiased) + ``CenterCrop(crop)``.
 
@@ -128,7 +143,7 @@ def resize_and_center_crop(image: Any, resize: int, crop: int, interpolation: st
 
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image, np.uint8))
-    image = image.convert("RGB")
+    image = to_rgb(image)
     size = resized_size(*image.size, resize)
     if size != image.size:
         image = image.resize(size, Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR)

@@ -52,7 +52,7 @@ def memory(setup: loop.Setup, sw: sweep.Sweep, batch: dict[str, np.ndarray]) -> 
     programs = loop._Programs(setup)
     one = programs.at(0).train.lower(programs.initial_state(0), dict(batch)).compile()
     shared, state, program = sweep.initial(sw)
-    layout = sweep._Layout(setup.parallel, sw.shard_members, len(sw.members))
+    layout = sweep.Layout(setup.parallel, sw.shard_members, len(sw.members))
     fn = layout.wrap(lambda st, sh, b: sweep.train_step(st, sh, b, program=program, axis_name=layout.axis_name,
                                                         pmean_stats=False), 1, donate=True)
     many = fn.lower(state, shared, dict(batch)).compile()
@@ -62,7 +62,7 @@ def memory(setup: loop.Setup, sw: sweep.Sweep, batch: dict[str, np.ndarray]) -> 
 
 
 def compare(arch: str, depth: int, *, k: int = 8, batch: int = 32, resolution: int = 64, steps: int = 10,
-            classes: int = 10, batching: str = "auto", with_memory: bool = True) -> dict[str, Any]:
+            classes: int = 10, batching: str = "vmap", with_memory: bool = True) -> dict[str, Any]:
     model = registry.create(arch, "torchvision", num_classes=classes, dtype=jnp.float32)
     variables = init_variables(model, resolution, 0)
     spec = FreezeSpec(tuple(model.stage_names), depth)
@@ -84,7 +84,7 @@ def compare(arch: str, depth: int, *, k: int = 8, batch: int = 32, resolution: i
     sweep_step = 1 / res.steps_per_s
     record = {"arch": arch, "frozen_depth": depth, "frozen_stages": list(model.stage_names[:depth]), "members": k,
               "batch": batch, "resolution": resolution, "steps": steps,
-              "batching": sweep.batching_for(batching, model.stage_names, depth),
+              "batching": batching,
               "sequential_wall_s": round(seq_wall, 2), "sweep_wall_s": round(sweep_wall, 2),
               "wall_ratio": round(seq_wall / sweep_wall, 2),
               "sequential_step_s": round(seq_step, 4), "sweep_step_s": round(sweep_step, 4),

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import warnings
 from typing import Any
@@ -216,8 +217,9 @@ def decode_errors(paths: list[str], num_threads: int) -> dict[str, str]:
 def _reason(tf: Any, path: str) -> str:
     try:
         tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except tf.errors.OpError as e:
-        return (e.message or type(e).__name__).splitlines()[0]
+    except tf.errors.OpError as e:  # drop TF's op decoration: "{{function_node ...}} <reason> [Op:DecodeImage]"
+        text = (e.message or type(e).__name__).splitlines()[0]
+        return re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", text) or type(e).__name__
     return "not decodable at reduced size"
 
 

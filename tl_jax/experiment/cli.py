@@ -1,22 +1,27 @@
 """What every script shares: absl flag parsing, one-line errors and documented exit codes.
 
 Exit codes: 0 done; 1 the command was valid but running it failed (a missing or unreadable file,
-an unprepared dataset, a non-finite loss, ...); 2 the command line is wrong (an unknown flag,
-config field or value); 130 interrupted with Ctrl-C (a training run resumes from its last
-checkpoint when the same command is run again). ``--help`` prints the script's usage and flags
-and exits 0; ``--traceback`` shows the full traceback of an error instead of one line.
+an unprepared dataset, a non-finite loss, a checkpoint or log that could not be written, ...); 2
+the command line is wrong (an unknown flag, config field or value); 143 stopped by SIGTERM and
+130 by SIGINT / Ctrl-C (128 + the signal, as a shell reports a process killed by it). A training
+run stopped by a signal first checkpoints the step it was on and says so in one line,
+``preempted at step N; run the same command to resume``; the same command resumes it. ``--help``
+prints the script's usage and flags and exits 0; ``--traceback`` shows the full traceback of an
+error instead of one line.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app, flags, logging
 
 from tl_jax.experiment.config import ConfigError, field_hint, has_field, load_config
+from tl_jax.preemption import Preempted
 
-FAILURE, USAGE, INTERRUPTED = 1, 2, 130
+FAILURE, USAGE, INTERRUPTED, PREEMPTED = 1, 2, 130, 143
 _HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "on an error, show the full traceback instead of one line")
 
@@ -89,6 +94,9 @@ def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
         except BaseException as e:  # noqa: BLE001 - sorted below, re-raised with --traceback
             if _TRACEBACK.value:
                 raise
+            if isinstance(e, Preempted):      # not an error: the run stopped cleanly and resumes
+                print(f"{os.path.basename(sys.argv[0])}: {e}", file=sys.stderr, flush=True)
+                sys.exit(INTERRUPTED if e.signum == signal.SIGINT else PREEMPTED)
             if isinstance(e, KeyboardInterrupt):
                 fail("; ".join(getattr(e, "__notes__", ())) or "interrupted", INTERRUPTED)
             if isinstance(e, (UsageError, ConfigError)):

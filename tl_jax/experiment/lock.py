@@ -43,12 +43,9 @@ class WorkdirLock:
             holder = self._holder()
             if holder is None:        # removed (or unreadable) between our two looks: try again
                 continue
-            why = _dead(holder, os.path.getmtime(self.path) if os.path.exists(self.path) else 0.0)
+            why = self._gone(holder)
             if why is None:
-                raise WorkdirBusyError(
-                    f"{os.path.dirname(self.path)} is in use by another run (host {holder.get('host')}, pid "
-                    f"{holder.get('pid')}, started {holder.get('started')}); wait for it to finish or use "
-                    f"another --workdir")
+                raise self._busy(holder)
             warnings.warn(f"taking over the lock of a run that is gone ({why}): {self.path}", stacklevel=2)
             try:
                 os.remove(self.path)
@@ -66,6 +63,22 @@ class WorkdirLock:
             os.remove(self.path)
         except FileNotFoundError:
             pass
+
+    def check(self) -> None:
+        """Raise ``WorkdirBusyError`` now if a live run holds the workdir (before a slow setup;
+        entering the lock decides)."""
+        holder = self._holder()
+        if holder is not None and self._gone(holder) is None:
+            raise self._busy(holder)
+
+    def _gone(self, holder: dict[str, Any]) -> str | None:
+        return _dead(holder, os.path.getmtime(self.path) if os.path.exists(self.path) else 0.0)
+
+    def _busy(self, holder: dict[str, Any]) -> WorkdirBusyError:
+        return WorkdirBusyError(
+            f"{os.path.dirname(self.path)} is in use by another run (host {holder.get('host')}, pid "
+            f"{holder.get('pid')}, started {holder.get('started')}); wait for it to finish or use "
+            f"another --workdir")
 
     def _create(self, me: dict[str, Any]) -> bool:
         try:

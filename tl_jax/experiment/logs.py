@@ -47,8 +47,12 @@ class TensorBoard:
         self._write(self._event(wall_time=time.time(), step=int(step), summary=summary))
 
     def _write(self, event: Any) -> None:
-        self._writer.write(event.SerializeToString())
-        self._writer.flush()
+        try:
+            self._writer.write(event.SerializeToString())
+            self._writer.flush()
+        except OSError as e:   # ENOSPC names no file: say which one
+            raise OSError(f"cannot write TensorBoard events under {self.logdir} ({e.strerror or e}): free space "
+                          f"or fix the permissions, then run the same command to resume") from e
 
     def close(self) -> None:
         if self._writer is not None:

@@ -47,7 +47,8 @@ def restore_run(workdir: str, checkpoint: str | int = "latest") -> Restored:
                             dtype=jax.numpy.dtype(info.get("dtype", config.model.dtype)),
                             **(info.get("model_kwargs") or {}))
     template = variables_template(model, info["image_size"])
-    with Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=int(config.keep_checkpoints), async_save=False) as ck:
+    with Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=int(config.keep_checkpoints), async_save=False,
+                      read_only=True) as ck:     # the run may be training: leave its saves in progress alone
         steps = ck.all_steps()
         if not steps:
             raise FileNotFoundError(f"{workdir}/{CHECKPOINTS} holds no checkpoint (trained with "
@@ -184,7 +185,7 @@ def predict(paths: Sequence[str], *, top_k: int = 5, batch_size: int = 32, **loa
         try:
             with Image.open(p) as im:
                 prepared[p] = preprocess.prepare(im, spec)
-        except (OSError, ValueError) as e:   # missing, truncated, not an image
+        except (OSError, ValueError, Image.DecompressionBombError) as e:   # missing, truncated, not an image, huge
             out[p] = {"image": p, "error": f"cannot read image ({e})"}
     good = list(prepared)
     for i in range(0, len(good), batch_size):

@@ -52,8 +52,10 @@ def train(config: Any, workdir: str, *, progress: bool | None = None, echo: bool
             print(f"{workdir} is finished: {summary_line(done)}", flush=True)
         return done
     session_start = time.time()
-    exp = prepare(config)
     lead = jax.process_index() == 0
+    if lead:
+        WorkdirLock(workdir).check()     # refuse a held workdir in seconds, before building anything
+    exp = prepare(config)
     with WorkdirLock(workdir) if lead else contextlib.nullcontext():
         _write_json(os.path.join(workdir, CONFIG), cfg)  # only once the config proved usable
         _write_json(os.path.join(workdir, RUN), {**exp.info, "config": cfg})
@@ -134,7 +136,13 @@ def _write_json(path: str, obj: Any) -> None:
     if jax.process_index() != 0:
         return
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:   # ENOSPC names no file: say which one; leave no half-written file
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(f"cannot write {path} ({e.strerror or e}): free space or fix the permissions, then run "
+                      f"the same command again") from e

@@ -92,7 +92,7 @@ def member_overrides(config: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     return {**values, **extra, "feature_cache": False}
 
 
-def build(config: Any, fields: Mapping[str, Sequence], *, batching: str = "auto",
+def build(config: Any, fields: Mapping[str, Sequence], *, batching: str = "vmap",
           shard_members: bool = False) -> tuple[Any, sweep_lib.Sweep, list[dict[str, Any]]]:
     """(the first member's ``Experiment``, the ``tl_jax.sweep.Sweep``, each member's values)."""
     values = members(fields)
@@ -114,7 +114,7 @@ def build(config: Any, fields: Mapping[str, Sequence], *, batching: str = "auto"
     return exp, sweep_lib.Sweep(exp.setup, tuple(out), batching=batching, shard_members=shard_members), values
 
 
-def run(config: Any, workdir: str, fields: Mapping[str, Sequence], *, batching: str = "auto",
+def run(config: Any, workdir: str, fields: Mapping[str, Sequence], *, batching: str = "vmap",
         shard_members: bool = False, stop_at_step: int | None = None, echo: bool = True) -> dict[str, Any]:
     """Train (or resume, or report) the sweep in ``workdir``; returns ``sweep.json``'s content
     (``{"finished": False, "step": ...}`` after ``stop_at_step``)."""
@@ -132,8 +132,10 @@ def run(config: Any, workdir: str, fields: Mapping[str, Sequence], *, batching: 
             print(f"{workdir} is finished:\n{format_table(done)}", flush=True)
         return done
     session = time.time()
-    exp, sw, values = build(config, fields, batching=batching, shard_members=shard_members)
     lead = jax.process_index() == 0
+    if lead:
+        WorkdirLock(workdir).check()     # refuse a held workdir in seconds, before building anything
+    exp, sw, values = build(config, fields, batching=batching, shard_members=shard_members)
     with WorkdirLock(workdir) if lead else contextlib.nullcontext():
         _write(os.path.join(workdir, CONFIG), cfg)
         _write(os.path.join(workdir, PLAN), plan)

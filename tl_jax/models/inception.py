@@ -194,6 +194,7 @@ class InceptionV3(nn.Module):
       transform_input: torchvision only: re-normalise an ImageNet-normalised input
         to [-1, 1] inside the model, as the published torchvision weights expect.
         Ignored by the Keras variant (use :func:`inception_v3`, which refuses it).
+      in_channels: input channels (3: RGB); pretrained weights adapt with ``tl_jax.models.channels``.
     """
     variant: str = "torchvision"
     num_classes: int | None = 1000
@@ -203,6 +204,7 @@ class InceptionV3(nn.Module):
     param_dtype: Any = jnp.float32
     dropout_rate: float | None = None
     transform_input: bool = True
+    in_channels: int = 3
 
     stage_names = STAGE_NAMES
 
@@ -218,7 +220,11 @@ class InceptionV3(nn.Module):
         OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown Inception-V3 variant {self.variant!r}; choose one of {VARIANTS}")
+        layers.check_channels(x, self.in_channels)
         if self.variant == "torchvision" and self.transform_input:
+            if self.in_channels != 3:
+                raise ValueError(f"transform_input re-normalises RGB input; with in_channels={self.in_channels} "
+                                 "pass transform_input=False and normalise each channel yourself")
             # torchvision ``Inception3._transform_input``: x_imagenet * std / 0.5 + (mean - 0.5) / 0.5.
             scale = jnp.asarray([s / 0.5 for s in IMAGENET_STD], x.dtype)
             shift = jnp.asarray([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)

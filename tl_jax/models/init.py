@@ -18,7 +18,7 @@ from tl_jax.tree import path_str
 
 def variables_template(model: Any, input_size: int) -> dict[str, Any]:
     """Shapes of ``model``'s variables, without allocating or computing anything."""
-    x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, input_size, input_size, getattr(model, "in_channels", 3)), jnp.float32)
     return dict(jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x))
 
 

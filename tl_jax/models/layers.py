@@ -100,6 +100,13 @@ def freeze_boundary(x: jax.Array, index: int, frozen_depth: int) -> jax.Array:
     return jax.lax.stop_gradient(x) if index < frozen_depth else x
 
 
+def check_channels(x: jax.Array, in_channels: int) -> None:
+    """A clear error for an input with another channel count than the model was built for."""
+    if x.shape[-1] != in_channels:
+        raise ValueError(f"the model takes NHWC input with {in_channels} channels, got shape {tuple(x.shape)}; "
+                         f"build it with in_channels={x.shape[-1]} (tl_jax.create / load_pretrained)")
+
+
 def classifier(num_classes: int, *, name: str = "fc", param_dtype: Dtype = jnp.float32) -> nn.Dense:
     """Final classifier, computed in float32 so logits and loss stay in float32."""
     return nn.Dense(num_classes, dtype=jnp.float32, param_dtype=param_dtype, name=name)

@@ -84,6 +84,7 @@ class ResNet(nn.Module):
       frozen_depth: the first ``frozen_depth`` stages run BatchNorm on running
         averages and the gradient stops at their output.
       bn_axis_name: mesh axis over which trainable BatchNorm averages batch statistics.
+      in_channels: input channels (3: RGB); pretrained weights adapt with ``tl_jax.models.channels``.
     """
     stage_sizes: Sequence[int]
     bottleneck: bool
@@ -93,6 +94,7 @@ class ResNet(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    in_channels: int = 3
 
     stage_names = STAGE_NAMES
 
@@ -106,6 +108,7 @@ class ResNet(nn.Module):
                  return_stages: bool = False) -> Any:
         """Logits; pooled features with ``return_features`` (no head); with ``return_stages`` an
         OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
+        layers.check_channels(x, self.in_channels)
         keras = self.variant == "keras"
         conv = functools.partial(layers.conv, use_bias=keras, dtype=self.dtype, param_dtype=self.param_dtype)
 

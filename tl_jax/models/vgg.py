@@ -84,6 +84,7 @@ class VGG(nn.Module):
       frozen_depth: the first ``frozen_depth`` stages run BatchNorm on running
         averages, apply no dropout, and the gradient stops at their output.
       bn_axis_name: mesh axis over which trainable BatchNorm averages batch statistics.
+      in_channels: input channels (3: RGB); pretrained weights adapt with ``tl_jax.models.channels``.
     """
     block_convs: Sequence[int]
     batch_norm: bool = False
@@ -95,6 +96,7 @@ class VGG(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    in_channels: int = 3
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -112,6 +114,7 @@ class VGG(nn.Module):
         OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
         if self.variant not in DEFAULT_DROPOUT:
             raise ValueError(f"unknown VGG variant {self.variant!r}; choose one of {tuple(DEFAULT_DROPOUT)}")
+        layers.check_channels(x, self.in_channels)
         conv = functools.partial(layers.conv, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
         stages = collections.OrderedDict()
         x = x.astype(self.dtype)

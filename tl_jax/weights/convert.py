@@ -36,6 +36,16 @@ def linear_to_dense(a: np.ndarray) -> np.ndarray:
     return a.T
 
 
+def show(name: str) -> str:
+    """A source key as printed in errors: as is, or quoted with escapes when it would not print
+    (a damaged file can hold keys with control characters or lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return ascii(name)
+    return name if name.isprintable() else ascii(name)
+
+
 def apply_rules(source: Mapping[str, np.ndarray], rules: Sequence[Rule]
                 ) -> tuple[dict[tuple[str, ...], tuple[str, np.ndarray]], list[str]]:
     """Map source names to target paths with the first matching rule.
@@ -47,6 +57,8 @@ def apply_rules(source: Mapping[str, np.ndarray], rules: Sequence[Rule]
     entries: dict[tuple[str, ...], tuple[str, np.ndarray]] = {}
     unmatched: list[str] = []
     for name, array in source.items():
+        if not isinstance(name, str):
+            raise ConversionError(f"source key {name!r} ({type(name).__name__}) is not a parameter name")
         for regex, template, fn in compiled:
             m = regex.fullmatch(name)
             if m is None:
@@ -56,7 +68,12 @@ def apply_rules(source: Mapping[str, np.ndarray], rules: Sequence[Rule]
                 if path in entries:
                     raise ConversionError(f"source keys {entries[path][0]!r} and {name!r} both map to "
                                           f"{'/'.join(path)}")
-                entries[path] = (name, fn(np.asarray(array)))
+                array = np.asarray(array)
+                try:
+                    entries[path] = (name, fn(array))
+                except (ValueError, TypeError, IndexError) as e:  # e.g. a kernel that lost a dimension
+                    raise ConversionError(f"source key {show(name)} {array.dtype}{list(array.shape)} cannot be "
+                                          f"converted to {'/'.join(path)} ({type(e).__name__}: {e})") from e
             break
         else:
             unmatched.append(name)
@@ -71,13 +88,16 @@ def assemble(template: Mapping[str, Any], entries: Mapping[tuple[str, ...], tupl
     template's structure.
     """
     flat_t = traverse_util.flatten_dict(dict(template))
-    unexpected = list(unmatched) + [f"{src} (-> {'/'.join(p)})" for p, (src, _) in entries.items()
-                                    if p not in flat_t]
+    unexpected = [show(n) for n in unmatched] + [f"{show(src)} (-> {'/'.join(p)})" for p, (src, _) in entries.items()
+                                                 if p not in flat_t]
     missing = ["/".join(p) for p in flat_t if p not in entries]
-    mismatch = next((f"{entries[p][0]} -> {'/'.join(p)}: source {entries[p][1].shape} vs target {t.shape}"
+    mismatch = next((f"{show(entries[p][0])} -> {'/'.join(p)}: source {entries[p][1].shape} vs target {t.shape}"
                      for p, t in flat_t.items() if p in entries and entries[p][1].shape != tuple(t.shape)),
                     None)
-    if missing or unexpected or mismatch:
+    not_float = next((f"{show(entries[p][0])} -> {'/'.join(p)}: source {entries[p][1].dtype} vs target {t.dtype}"
+                      for p, t in flat_t.items() if p in entries and np.dtype(t.dtype).kind == "f"
+                      and entries[p][1].dtype.kind != "f" and "float" not in entries[p][1].dtype.name), None)
+    if missing or unexpected or mismatch or not_float:
         lines = [f"{what} do not match the model:"]
         if missing:
             lines.append(f"  missing {len(missing)} target keys, first: {', '.join(missing[:5])}")
@@ -85,6 +105,8 @@ def assemble(template: Mapping[str, Any], entries: Mapping[tuple[str, ...], tupl
             lines.append(f"  unexpected {len(unexpected)} source keys, first: {', '.join(unexpected[:5])}")
         if mismatch:
             lines.append(f"  first shape mismatch: {mismatch}")
+        if not_float:  # integers, booleans or strings where a weight belongs
+            lines.append(f"  first non-float source: {not_float}")
         raise ConversionError("\n".join(lines))
     return traverse_util.unflatten_dict(
         {p: np.asarray(entries[p][1], dtype=t.dtype) for p, t in flat_t.items()})

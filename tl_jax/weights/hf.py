@@ -67,7 +67,8 @@ def arch_of(config: Mapping[str, Any]) -> str:
                                                      for d, (s, b) in resnet.CONFIGS.items()))
 
 
-def convert_hf(arch: str | None, source: str | os.PathLike, model: Any = None) -> dict[str, Any]:
+def convert_hf(arch: str | None, source: str | os.PathLike, model: Any = None, *,
+               allow_nonfinite: bool = False) -> dict[str, Any]:
     """A transformers ResNet checkpoint (directory, or weights file beside ``config.json``) -> variables.
 
     ``arch`` (or None: taken from the config) must be the config's architecture.
@@ -77,8 +78,8 @@ def convert_hf(arch: str | None, source: str | os.PathLike, model: Any = None) -
     if arch is not None and registry.info(arch, "hf").arch != found:
         raise ConversionError(f"{config_path} describes {found}, not {arch}: pass --arch {found}")
     info = registry.info(found, "hf")
-    return convert_state_dict(info, tensors.read_tensors(weights), maps.family("resnet").hf_rules(info), model,
-                              source_name="transformers")
+    return convert_state_dict(info, tensors.read_tensors(weights, allow_nonfinite=allow_nonfinite),
+                              maps.family("resnet").hf_rules(info), model, source_name="transformers")
 
 
 def preprocessing(path: Path, info: registry.ModelConfig) -> Any:

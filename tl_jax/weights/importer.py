@@ -16,7 +16,8 @@ import jax
 import numpy as np
 
 from tl_jax.models import registry
-from tl_jax.weights import fetch, hf, store
+from tl_jax.weights import checks, fetch, hf, store
+from tl_jax.weights.convert import ConversionError
 from tl_jax.weights.keras import convert_keras, convert_keras_backbone
 from tl_jax.weights.timm import convert_timm
 from tl_jax.weights.torchvision import convert_torchvision
@@ -27,19 +28,20 @@ _CONVERTERS = {"torchvision": convert_torchvision, "keras": convert_keras, "timm
 
 def convert_weights(arch: str, source: str, output: str | os.PathLike, input_file: str | os.PathLike | None = None,
                     *, weights: str | None = None, backbone_only: bool = False,
-                    overwrite: bool = False) -> dict[str, Any]:
+                    overwrite: bool = False, allow_nonfinite: bool = False) -> dict[str, Any]:
     """Convert ``(arch, source)`` weights (tag ``weights``) into a store at ``output``; returns a summary.
 
     Without ``input_file`` the published file is taken from a framework cache or downloaded
     (``tl_jax.weights.fetch``). For ``hf`` the input is a ``save_pretrained`` directory (or its
     weights file beside ``config.json``). ``backbone_only`` (Keras) converts the
     ``keras.applications`` backbone inside a model with the user's own layers and reports those
-    as ``ignored``. A headless file gives a store with ``num_classes: null``. The summary has
+    as ``ignored``. A headless file gives a store with ``num_classes: null``. Source weights holding
+    NaN or infinity are refused unless ``allow_nonfinite``; a torch zip's CRC-32s are verified. The summary has
     ``arch, source, weights, num_classes, params, ignored, seconds, output``. Raises ValueError for an
     unknown pair or tag or a file that does not match the model (``ConversionError``),
     FileNotFoundError, FileExistsError for an existing ``output`` without ``overwrite``,
-    ``FetchError`` (a RuntimeError) for a failed download; on any error no output or temporary
-    directory is left behind.
+    ``FetchError`` (a RuntimeError) for a failed download; a refusal names the file (and the key
+    where one is at fault); on any error no output or temporary directory is left behind.
     """
     info = registry.info(arch, source)  # unknown arch: lists the available ones
     published = info.weights_for(weights)
@@ -53,11 +55,7 @@ def convert_weights(arch: str, source: str, output: str | os.PathLike, input_fil
     path = Path(input_file) if input_file is not None else fetch.fetch(info.arch, info.source, weights=published.tag)
     if not path.exists() or (info.source != "hf" and not path.is_file()):
         raise FileNotFoundError(f"no such weights file: {path}")
-    ignored: list[str] = []
-    if backbone_only:
-        variables, ignored = convert_keras_backbone(info.arch, path)
-    else:
-        variables = _CONVERTERS[info.source](info.arch, path)
+    variables, ignored = _convert(info, path, backbone_only, allow_nonfinite)
     head = variables["params"].get("head")
     num_classes = None if head is None else int(head["bias"].shape[0])  # None: a headless file
     model_kwargs = {"include_classifier": False} if info.family == "vgg" and "classifier" not in variables["params"] \
@@ -70,6 +68,22 @@ def convert_weights(arch: str, source: str, output: str | os.PathLike, input_fil
     return {"arch": info.arch, "source": info.source, "weights": published.tag, "num_classes": num_classes,
             "params": sum(int(np.size(a)) for a in jax.tree.leaves(variables["params"])), "ignored": ignored,
             "seconds": time.perf_counter() - start, "output": str(output)}
+
+
+def _convert(info: registry.ModelConfig, path: Path, backbone_only: bool, allow_nonfinite: bool
+             ) -> tuple[dict[str, Any], list[str]]:
+    """The source's converter, with every refusal naming the file: damage the readers cannot name
+    (a header byte that makes a shape or a class count absurd) becomes one ConversionError too."""
+    try:
+        if backbone_only:
+            return convert_keras_backbone(info.arch, path, allow_nonfinite=allow_nonfinite)
+        return _CONVERTERS[info.source](info.arch, path, allow_nonfinite=allow_nonfinite), []
+    except ConversionError as e:
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from e
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        raise ConversionError(f"{path} cannot be converted to {info.arch} ({checks.describe(e)})") from e
 
 
 def _hf_preprocessing(path: Path, info: registry.ModelConfig) -> Any:

@@ -29,11 +29,23 @@ from flax import traverse_util
 
 from tl_jax.models import registry
 from tl_jax.models.init import variables_template
-from tl_jax.weights import convert, maps
+from tl_jax.weights import checks, convert, maps
 
 
 def _decode(names: Any) -> list[str]:
     return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _read(dataset: Any) -> np.ndarray:
+    """A dataset's values; a float type other than IEEE half, single or double (what Keras writes) is
+    refused: HDF5 converts any declared layout, so a damaged type header would yield garbage."""
+    import h5py
+
+    kind = dataset.id.get_type()
+    if isinstance(kind, h5py.h5t.TypeFloatID) and not any(kind.equal(getattr(h5py.h5t, f"IEEE_F{bits}{order}"))
+                                                          for bits in (16, 32, 64) for order in ("LE", "BE")):
+        raise ValueError(f"stored as a non-IEEE {kind.get_size()}-byte float type (a damaged type header)")
+    return np.asarray(dataset[()])
 
 
 def _roles(arrays: list[np.ndarray]) -> list[str]:
@@ -55,11 +67,12 @@ def _add(out: dict[str, np.ndarray], layer: str, arrays: list[np.ndarray], where
 def _legacy(root: Any, where: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for layer in _decode(root.attrs["layer_names"]):
-        g = root[layer]
         try:
-            arrays = [np.asarray(g[w][()]) for w in _decode(g.attrs["weight_names"])]
-        except (KeyError, OSError) as e:
-            raise convert.ConversionError(f"{where}: layer {layer!r} is incomplete ({e})") from e
+            g = root[layer]
+            arrays = [_read(g[w]) for w in _decode(g.attrs["weight_names"])]
+        except Exception as e:  # h5py raises KeyError, OSError, ValueError ... for damaged groups
+            raise convert.ConversionError(f"{where}: layer {convert.show(layer)} is incomplete or damaged "
+                                          f"({checks.describe(e)})") from e
         _add(out, layer, arrays, where)
     return out
 
@@ -103,17 +116,23 @@ def _keras3(root: Any, where: str, names: dict[str, Any] | None) -> dict[str, np
                         "the 'name' attribute): convert the model's .keras file instead, which has its config")
                 name = sub
             try:
-                arrays = [np.asarray(g["vars"][str(i)][()]) for i in range(len(g["vars"]))]
-            except (KeyError, OSError) as e:
-                raise convert.ConversionError(f"{where}: layer {name!r} is incomplete ({e})") from e
+                arrays = [_read(g["vars"][str(i)]) for i in range(len(g["vars"]))]
+            except Exception as e:  # h5py raises KeyError, OSError, ValueError ... for damaged groups
+                raise convert.ConversionError(f"{where}: layer {convert.show(str(name))} is incomplete or damaged "
+                                              f"({checks.describe(e)})") from e
             _add(out, name, arrays, where)
 
     walk(root, names)
     return out
 
 
-def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``{"<layer>/<role>": array}`` in file order, for every layer that holds weights, any layout."""
+def read_h5_weights(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
+    """``{"<layer>/<role>": array}`` in file order, for every layer that holds weights, any layout.
+
+    HDF5 has no checksum over its data: a damaged value is read as it is, and refused only when it
+    is NaN or infinite (unless ``allow_nonfinite``). Any other damage is one ConversionError naming
+    the file (and the layer, when one is being read).
+    """
     import h5py
 
     path = os.fspath(path)
@@ -121,28 +140,47 @@ def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"no such weights file: {path}")
     names = None
     if zipfile.is_zipfile(path):
+        checks.verify_zip(path)  # every entry's CRC-32, not only those read below
         try:
             with zipfile.ZipFile(path) as z:
                 data = z.read("model.weights.h5")
                 config = json.loads(z.read("config.json")) if "config.json" in z.namelist() else None
-        except (KeyError, zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise convert.ConversionError(f"{path} is a zip but not a readable .keras archive ({e})") from e
-        names = _config_names(config) if config else None
+        except Exception as e:  # a missing entry, a bad CRC-32, bad JSON ...
+            raise convert.ConversionError(f"{path} is a zip but not a readable .keras archive "
+                                          f"({checks.describe(e)})") from e
+        try:
+            names = _config_names(config) if config else None
+        except Exception as e:  # noqa: BLE001 - any malformed config
+            raise convert.ConversionError(f"{path}: config.json does not describe Keras layers "
+                                          f"({checks.describe(e)})") from e
         source: Any = io.BytesIO(data)
     else:
         source = path
     try:
         f = h5py.File(source, "r")
-    except OSError as e:
-        raise convert.ConversionError(f"{path} is not a readable HDF5 file ({e})") from e
-    with f:
-        if "layers" in f and "layer_names" not in f.attrs:
-            return _keras3(f, path, names)
-        root = f["model_weights"] if "model_weights" in f else f  # full-model saves nest the weights
-        if "layer_names" not in root.attrs:
-            raise convert.ConversionError(f"{path} is HDF5 but not a Keras weights file "
-                                          "(neither a legacy 'layer_names' attribute nor Keras 3 'layers/')")
-        return _legacy(root, path)
+    except Exception as e:  # OSError for most damage; h5py can raise others
+        raise convert.ConversionError(f"{path} is not a readable HDF5 file ({checks.describe(e)})") from e
+    try:
+        with f:
+            arrays = _read_layout(f, path, names)
+    except convert.ConversionError:
+        raise
+    except Exception as e:  # damaged metadata: names that do not decode, missing groups, ...
+        raise convert.ConversionError(f"{path} is a damaged Keras weights file ({checks.describe(e)})") from e
+    checks.check_float(arrays, path)
+    if not allow_nonfinite:
+        checks.check_finite(arrays, path)
+    return arrays
+
+
+def _read_layout(f: Any, path: str, names: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    if "layers" in f and "layer_names" not in f.attrs:
+        return _keras3(f, path, names)
+    root = f["model_weights"] if "model_weights" in f else f  # full-model saves nest the weights
+    if "layer_names" not in root.attrs:
+        raise convert.ConversionError(f"{path} is HDF5 but not a Keras weights file "
+                                      "(neither a legacy 'layer_names' attribute nor Keras 3 'layers/')")
+    return _legacy(root, path)
 
 
 def _model_for(info: registry.ModelConfig, weights: dict[str, np.ndarray], with_head: bool) -> Any:
@@ -155,18 +193,20 @@ def _model_for(info: registry.ModelConfig, weights: dict[str, np.ndarray], with_
     return info.build(**kwargs)
 
 
-def convert_keras(arch: str, source: str | os.PathLike, model: Any = None) -> dict[str, Any]:
+def convert_keras(arch: str, source: str | os.PathLike, model: Any = None, *,
+                  allow_nonfinite: bool = False) -> dict[str, Any]:
     """A Keras application's weights file (legacy ``.h5``, ``.weights.h5``, ``.keras``) -> variables."""
     info = registry.info(arch, "keras")
     fam = maps.family(info.family)
-    weights = fam.keras_canonical_names(read_h5_weights(source))
+    weights = fam.keras_canonical_names(read_h5_weights(source, allow_nonfinite=allow_nonfinite))
     model = model or _model_for(info, weights, with_head=True)
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
     return convert.assemble(variables_template(model, info.input_size), entries, unmatched,
                             what=f"Keras weights for {arch}")
 
 
-def convert_keras_backbone(arch: str, source: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+def convert_keras_backbone(arch: str, source: str | os.PathLike, *,
+                           allow_nonfinite: bool = False) -> tuple[dict[str, Any], list[str]]:
     """The ``keras.applications`` backbone inside a user's model (``include_top=False`` + own layers).
 
     Returns the backbone's variables (no head) and the layers that were ignored (the user's
@@ -174,7 +214,7 @@ def convert_keras_backbone(arch: str, source: str | os.PathLike) -> tuple[dict[s
     """
     info = registry.info(arch, "keras")
     fam = maps.family(info.family)
-    weights = fam.keras_canonical_names(read_h5_weights(source))
+    weights = fam.keras_canonical_names(read_h5_weights(source, allow_nonfinite=allow_nonfinite))
     model = _model_for(info, weights, with_head=False)
     template = variables_template(model, info.input_size)
     entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from tl_jax import preprocess
-from tl_jax.models import registry
+from tl_jax.models import channels, registry
 from tl_jax.models.init import variables_template
 
 CHECKPOINT = "checkpoint"
@@ -199,6 +199,8 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     other variable is the stored one. ``metadata["num_classes"]`` and
     ``metadata["class_names"]`` then describe the new (unnamed) head. For features
     without any head, call ``model.apply(variables, x, return_features=True)``.
+    ``in_channels=C`` adapts the stored RGB first convolution to C input channels as
+    timm does (``tl_jax.models.channels``).
     """
     directory = Path(directory).absolute()
     metadata = read_metadata(directory)
@@ -209,7 +211,8 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     stored_classes = metadata["num_classes"]  # None: the store holds a backbone without head
     num_classes = stored_classes if num_classes is None else int(num_classes)
     model_kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
-    stored_model = info.build(num_classes=stored_classes, **model_kwargs)
+    stored_channels = metadata.get("model_kwargs", {}).get("in_channels", 3)
+    stored_model = info.build(num_classes=stored_classes, **{**model_kwargs, "in_channels": stored_channels})
     template = variables_template(stored_model, info.input_size)
 
     try:
@@ -224,8 +227,14 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
         variables = dict(ckptr.restore(ckpt, abstract))
 
     model = info.build(num_classes=num_classes, **model_kwargs)
+    if model.in_channels != stored_channels:   # timm's adapted first convolution (tl_jax.models.channels)
+        if stored_channels != 3:
+            raise ValueError(f"{directory} holds a first convolution for {stored_channels} channels; only RGB "
+                             "weights adapt to another in_channels")
+        variables = channels.adapt_variables(variables, info.family, model.in_channels)
+        metadata = {**metadata, "model_kwargs": {**metadata.get("model_kwargs", {}), "in_channels": model.in_channels}}
     if num_classes != stored_classes:
-        shape = (1, info.input_size, info.input_size, 3)
+        shape = (1, info.input_size, info.input_size, model.in_channels)
         # Only the head's initializers survive dead-code elimination: no forward pass runs.
         head = jax.jit(lambda: model.init(jax.random.key(seed), jax.numpy.zeros(shape))["params"]["head"])()
         variables["params"] = {**{k: v for k, v in variables["params"].items() if k != "head"}, "head": head}

@@ -14,12 +14,13 @@ from tl_jax.weights import maps
 from tl_jax.weights.torchvision import as_numpy, convert_state_dict
 
 
-def convert_timm(arch: str, source: str | os.PathLike | Mapping[str, Any], model: Any = None) -> dict[str, Any]:
+def convert_timm(arch: str, source: str | os.PathLike | Mapping[str, Any], model: Any = None, *,
+                 allow_nonfinite: bool = False) -> dict[str, Any]:
     """A timm state_dict (``model.safetensors``, ``.pth`` or ``.bin``) -> variables for ``arch``.
 
     Only timm models whose architecture is one of our ports: ``resnet{18..152}`` (ResNet-B),
     ``vgg*``, ``inception_v3``; ``resnet50d``, ResNeXt, SE-ResNet ... are refused by name.
     """
     info = registry.info(arch, "timm")
-    return convert_state_dict(info, as_numpy(source), maps.family(info.family).timm_rules(info), model,
-                              source_name="timm")
+    return convert_state_dict(info, as_numpy(source, allow_nonfinite=allow_nonfinite),
+                              maps.family(info.family).timm_rules(info), model, source_name="timm")

@@ -11,7 +11,7 @@ import numpy as np
 
 from tl_jax.models import registry
 from tl_jax.models.init import variables_template
-from tl_jax.weights import convert, maps, tensors
+from tl_jax.weights import checks, convert, maps, tensors
 
 
 def convert_state_dict(info: registry.ModelConfig, state: Mapping[str, np.ndarray], rules: list,
@@ -31,15 +31,20 @@ def convert_state_dict(info: registry.ModelConfig, state: Mapping[str, np.ndarra
                             what=f"{source_name} weights for {info.arch}")
 
 
-def as_numpy(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A state_dict file, or a mapping of tensors / arrays, as numpy arrays."""
+def as_numpy(source: str | os.PathLike | Mapping[str, Any], *, allow_nonfinite: bool = False
+             ) -> dict[str, np.ndarray]:
+    """A state_dict file, or a mapping of tensors / arrays, as numpy arrays; NaN or infinity refused
+    unless ``allow_nonfinite``."""
     if isinstance(source, (str, os.PathLike)):
-        return tensors.read_tensors(source)
-    return {k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v) for k, v in source.items()}
+        return tensors.read_tensors(source, allow_nonfinite=allow_nonfinite)
+    arrays = {k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v) for k, v in source.items()}
+    if not allow_nonfinite:
+        checks.check_finite(arrays, "the state_dict")
+    return arrays
 
 
 def convert_torchvision(arch: str, source: str | os.PathLike | Mapping[str, Any],
-                        model: Any = None) -> dict[str, Any]:
+                        model: Any = None, *, allow_nonfinite: bool = False) -> dict[str, Any]:
     """A torchvision state_dict (or its file) -> ``{"params", "batch_stats"}`` for ``arch``.
 
     ``model`` defaults to the registry's model with the state_dict's head; pass one to
@@ -47,5 +52,5 @@ def convert_torchvision(arch: str, source: str | os.PathLike | Mapping[str, Any]
     ``IMAGENET1K_V2``) has the same keys.
     """
     info = registry.info(arch, "torchvision")
-    return convert_state_dict(info, as_numpy(source), maps.family(info.family).torchvision_rules(info), model,
-                              source_name="torchvision")
+    return convert_state_dict(info, as_numpy(source, allow_nonfinite=allow_nonfinite),
+                              maps.family(info.family).torchvision_rules(info), model, source_name="torchvision")

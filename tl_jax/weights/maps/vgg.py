@@ -91,6 +91,26 @@ def torch_architecture_problem(state):
     return None
 
 
+# The way back (tl_jax.weights.inverse): each fc6/fc7 transform above and its exact inverse.
+def fc6_hwc_to_chw(a: np.ndarray, channels: int = 512, size: int = 7) -> np.ndarray:
+    """Flax ``(H*W*C, out)`` -> torch fc6 ``(out, C*H*W)``."""
+    out = a.shape[1]
+    return a.reshape(size, size, channels, out).transpose(3, 2, 0, 1).reshape(out, channels * size * size)
+
+
+def fc6_hwc_to_conv(a: np.ndarray, channels: int = 512, size: int = 7) -> np.ndarray:
+    """Flax ``(7*7*C, out)`` -> timm's fc6 conv ``(out, C, 7, 7)``."""
+    return a.reshape(size, size, channels, a.shape[1]).transpose(3, 2, 0, 1)
+
+
+def dense_to_fc7_conv(a: np.ndarray) -> np.ndarray:
+    """``(in, out)`` -> timm's fc7 1x1 conv ``(out, in, 1, 1)``."""
+    return a.T[:, :, None, None]
+
+
+INVERSES = {fc6_chw_to_hwc: fc6_hwc_to_chw, fc6_conv_to_hwc: fc6_hwc_to_conv, fc7_conv_to_dense: dense_to_fc7_conv}
+
+
 _KERAS_LAYER = {"fc1": "classifier/fc6", "fc2": "classifier/fc7", "predictions": "head"}
 _KERAS_CONV = re.compile(r"block(\d)_conv(\d)")
 
