@@ -159,3 +159,17 @@ def convert_cli(*args: str) -> str:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def hooked_outputs(net, modules, x_nhwc: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """(the output of each of ``modules`` during ``net(x)``, NHWC where 4-D; the logits)."""
+    caught, hooks = {}, []
+    for i, module in enumerate(modules):
+        hooks.append(module.register_forward_hook(lambda m, inp, out, i=i: caught.__setitem__(i, out.clone())))
+    try:
+        logits = torch_forward(net, x_nhwc)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = [caught[i].numpy() for i in range(len(modules))]
+    return [a.transpose(0, 2, 3, 1) if a.ndim == 4 else a for a in outs], logits

@@ -5,7 +5,9 @@ library, saved in its real format (timm: ``model.safetensors`` as on the Hub, or
 transformers: ``save_pretrained``), converted through the
 converter's public path (``importer.convert_weights``, the whole body of scripts/convert_weights.py;
 one run of each source through the script itself) and loaded with ``load_pretrained``. Logits and
-pre-logit features are compared in float32 eval mode at two input sizes.
+pre-logit features are compared in float32 eval mode at two input sizes, and every stage's output
+(``return_stages``) with the reference's own intermediate outputs (timm's modules, transformers'
+``hidden_states``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import jax
 import numpy as np
 import pytest
 
@@ -157,3 +160,55 @@ def test_transformers_config_names_the_architecture(tmp_path):
         importer.convert_weights("resnet50", "hf", tmp_path / "out", tmp_path / "hf")
 
 
+
+
+# ------------------------------------------------------------------------------------ stage outputs
+
+def _timm_stage_modules(arch: str, net) -> list:
+    """timm's module whose output is each of our stages but the head (torchvision's names, timm's pools)."""
+    if arch.startswith("vgg"):
+        ends = [int(m[0].split(":")[1][:-1]) - 1 for m in registry.info(arch, "torchvision").torch_stages[:5]]
+        return [net.features[i] for i in ends] + [net.pre_logits]
+    rename = {"maxpool1": "Pool1", "maxpool2": "Pool2"}
+    return [getattr(net, rename.get(m[-1], m[-1])) for m in registry.info(arch, "timm").torch_stages[:-1]]
+
+
+def _ours_by_stage(out, arch, source, x):
+    model, variables, _ = load_pretrained(out)
+    stages = jax.jit(lambda v, x: model.apply(v, x, train=False, return_stages=True))(variables, x)
+    assert list(stages) == list(registry.info(arch, source).stage_names)
+    return [np.asarray(v) for v in stages.values()]
+
+
+@pytest.mark.parametrize("arch,size", [("resnet18", 64), ("vgg11_bn", 64), ("inception_v3", 107)])
+def test_every_stage_output_equals_timm_module_outputs(arch, size, tmp_path):
+    import safetensors.torch
+
+    ref = timm_reference(arch, seed=3)
+    safetensors.torch.save_file(ref.state_dict(), str(tmp_path / "model.safetensors"))
+    importer.convert_weights(arch, "timm", tmp_path / "store", tmp_path / "model.safetensors")
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    refs, logits = R.hooked_outputs(ref, _timm_stage_modules(arch, ref), x)
+    got = _ours_by_stage(tmp_path / "store", arch, "timm", x)
+    for name, a, b in zip(registry.info(arch, "timm").stage_names, got, [*refs, logits]):
+        if name == "classifier":                # timm's VGG MLP is convolutional: (N, 4096, 1, 1) here
+            b = b.reshape(len(b), -1)
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        assert R.parity_error(a, b) <= 1e-4, (name, R.parity_error(a, b))
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_every_stage_output_equals_transformers_hidden_states(depth, tmp_path):
+    import torch
+
+    ref = hf_reference(depth, tmp_path / "hf", num_labels=10, seed=depth)
+    importer.convert_weights(f"resnet{depth}", "hf", tmp_path / "store", tmp_path / "hf")
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        out = ref(torch.from_numpy(x.transpose(0, 3, 1, 2)), output_hidden_states=True)
+    refs = [h.numpy().transpose(0, 2, 3, 1) for h in out.hidden_states] + [out.logits.numpy()]
+    got = _ours_by_stage(tmp_path / "store", f"resnet{depth}", "hf", x)
+    assert len(refs) == len(got) == 6          # embedder (our stem), 4 stages, logits
+    for name, a, b in zip(registry.info(f"resnet{depth}", "hf").stage_names, got, refs):
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        assert R.parity_error(a, b) <= 1e-4, (name, R.parity_error(a, b))
