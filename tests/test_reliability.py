@@ -104,10 +104,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_hosts(workdir: str, config: dict) -> list[subprocess.Popen]:
+def _two_hosts(workdir: str, config: dict, **env: str) -> list[subprocess.Popen]:
     """Two train.py processes x 2 CPU devices, one jax.distributed job on loopback."""
     coordinator = f"127.0.0.1:{_free_port()}"
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", **env}
     return [_popen("--config", DEFAULT, "--workdir", workdir, *flags(config), f"--coordinator_address={coordinator}",
                    "--num_processes=2", f"--process_id={i}", env=env) for i in range(2)]
 
@@ -149,6 +149,26 @@ def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(tmp_path):
     err = _max_difference(_params(ref_dir, 20), _params(work, 20))
     print(f"\n2 hosts, SIGTERM at step {stopped}, resumed: max |difference| to the uninterrupted run = {err:.2e}")
     assert err <= 1e-6
+
+
+@pytest.mark.slow
+def test_without_the_preemption_service_the_hosts_agree_through_a_collective(tmp_path):
+    """``jax_enable_preemption_service`` off: each host's own handler notes the signal and the hosts take
+    the maximum of their flags every step, so both still save the same step and exit 143."""
+    work = str(tmp_path / "run")
+    procs = _two_hosts(work, {**RUN, "parallel": "shard_map", "num_steps": 200}, JAX_ENABLE_PREEMPTION_SERVICE="false")
+    try:
+        _wait_for(procs[0], "step 2/200")
+        procs[1].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [143, 143], errs
+    lines = [next(line for line in err.splitlines() if "preempted at step" in line) for err in errs]
+    steps = {int(line.split("preempted at step ")[1].split(";")[0]) for line in lines}
+    assert len(steps) == 1 and sorted(os.listdir(os.path.join(work, "checkpoints"))) == [str(steps.pop())], lines
 
 
 @pytest.mark.slow
