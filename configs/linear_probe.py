@@ -14,5 +14,6 @@ def get_config():
     c.optim.learning_rate = 1e-3
     c.optim.weight_decay = 0.0
     c.num_epochs = 30
-    c.feature_cache = True             # compute backbone features once (see tl_jax/features.py)
+    c.activation_cache = True          # backbone features computed once (tl_jax/experiment/activations.py)
+    c.activation_cache_views = 4       # ... over 4 augmented epochs (random crop and flip)
     return c

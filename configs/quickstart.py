@@ -51,4 +51,5 @@ def get_config(stage: str = "finetune"):
         c.num_steps = 40
         c.log_every_steps = 20
         c.checkpoint_every_steps = 0                  # short runs: a finished one is kept by its result.json
+        c.activation_cache = True                     # no augmentation at 8x8: the frozen prefix runs once
     return c

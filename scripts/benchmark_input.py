@@ -14,7 +14,7 @@ import tempfile
 
 from absl import flags
 
-from tl_jax.bench import input as input_bench
+from tl_jax.bench import input_speed
 from tl_jax.experiment import cli
 
 _IMAGES = flags.DEFINE_integer("images", 256, "JPEGs to generate and read", lower_bound=1)
@@ -25,7 +25,7 @@ _DIR = flags.DEFINE_string("dir", os.path.join(tempfile.gettempdir(), "tl_jax_be
 
 
 def main(argv: list[str]) -> None:
-    input_bench.run(_DIR.value, images=_IMAGES.value, seconds=_SECONDS.value, batch=_BATCH.value)
+    input_speed.run(_DIR.value, images=_IMAGES.value, seconds=_SECONDS.value, batch=_BATCH.value)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-r"""A K-member sweep in one program against K sequential runs of the same steps (tl_jax/bench/sweep.py).
+r"""A K-member sweep in one program against K sequential runs of the same steps (tl_jax/bench/sweep_speed.py).
 
 Prints one JSON line for the environment and one per frozen depth: wall time (compilation included)
 and steady-state step time of both, their ratios, and the compiled step's memory for K members
@@ -8,7 +8,7 @@ against one run. Figures: benchmarks/RESULTS.md.
 """
 from absl import flags
 
-from tl_jax.bench import sweep
+from tl_jax.bench import sweep_speed
 from tl_jax.experiment import cli
 
 _ARCH = flags.DEFINE_string("arch", "resnet18", "model, e.g. resnet18, resnet50")
@@ -23,7 +23,7 @@ _OUT = flags.DEFINE_string("out", "", "write the records as JSON here")
 
 
 def main(argv: list[str]) -> None:
-    sweep.run(_ARCH.value, [int(d) for d in _DEPTHS.value], k=_MEMBERS.value, batch=_BATCH.value,
+    sweep_speed.run(_ARCH.value, [int(d) for d in _DEPTHS.value], k=_MEMBERS.value, batch=_BATCH.value,
               resolution=_RESOLUTION.value, steps=_STEPS.value, batching=_BATCHING.value, out=_OUT.value,
               with_memory=_MEMORY.value)
 

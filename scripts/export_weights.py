@@ -13,7 +13,7 @@ A model of another architecture than the target framework's (Keras' ResNet v1 to
 from absl import flags
 
 from tl_jax.experiment import cli
-from tl_jax.experiment.export import export_weights
+from tl_jax.experiment.export import export_run
 from tl_jax.weights.export import TARGETS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory of scripts/train.py, or a converted-weights directory")
@@ -26,7 +26,7 @@ flags.mark_flags_as_required(["workdir", "to", "output"])
 
 def main(argv: list[str]) -> None:
     checkpoint = cli.checkpoint_flag("latest" if _CKPT.value == "last" else _CKPT.value)
-    info = export_weights(_WORKDIR.value, _TO.value, _OUTPUT.value, checkpoint, overwrite=_OVERWRITE.value)
+    info = export_run(_WORKDIR.value, _TO.value, _OUTPUT.value, checkpoint, overwrite=_OVERWRITE.value)
     step = f" step {info['checkpoint_step']}" if "checkpoint_step" in info else ""
     print(f"exported {info['arch']} ({info['source']}{step}, {info['num_classes']} classes) to {_TO.value}: "
           f"{_OUTPUT.value} (+ .json); load it into {info['framework_model']['call']}")

@@ -51,8 +51,8 @@ def random_variables(model, size: int = SIZE, seed: int = 0, calibrate: bool = F
         # Running statistics = the batch statistics of one training-mode forward pass on test-like
         # data, as pretrained statistics would be: frozen BatchNorm then normalises to O(1).
         x = np.random.default_rng(seed + 1).standard_normal((16, size, size, 3), dtype=np.float32)
-        _, upd = jax.jit(lambda v: model.clone(frozen_depth=0).apply(v, x, train=True, mutable=["batch_stats"]))(
-            variables)
+        _, upd = jax.jit(lambda v: model.clone(frozen_stages=()).apply(
+            v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(seed)}))(variables)
         # Flax keeps 0.9 * old + 0.1 * batch; solve for the batch statistics.
         variables["batch_stats"] = jax.tree.map(lambda new, old: np.asarray((new - 0.9 * old) / 0.1),
                                                 dict(upd["batch_stats"]), variables["batch_stats"])
@@ -80,7 +80,7 @@ def run_parallel(args) -> None:
     out = {}
     for kind, sync in (("none", True), ("shard_map", True), ("pmap", True), ("shard_map", False)):
         dp = DataParallel(kind, sync_bn=sync)
-        model = base.for_training(spec.frozen_depth, dp.bn_axis_name)
+        model = base.for_training(spec.frozen_stages, dp.bn_axis_name)
         tx = make_optimizer(OptimConfig(name="sgd", learning_rate=args.lr, momentum=0.9, weight_decay=1e-4),
                             spec, variables["params"], 10)
         state = dp.put_state(TrainState.create(model.apply, variables, tx, 0))
@@ -130,8 +130,12 @@ def run_fit(args) -> None:
 
     model = models.create("resnet18", "torchvision", num_classes=CLASSES)
     variables = random_variables(model, calibrate=True)
-    spec = FreezeSpec(model.stage_names, args.frozen_depth, unfreeze_every=args.unfreeze_every,
-                      unfreeze_until=args.unfreeze_until)
+    if args.lp_ft_steps:      # LP-FT: the head alone, then everything; each phase its own learning rate
+        spec = FreezeSpec(model.stage_names, schedule=((0, -1), (args.lp_ft_steps, 0)),
+                          schedule_learning_rates=tuple(float(x) for x in args.phase_lrs.split(",")))
+    else:
+        spec = FreezeSpec(model.stage_names, args.frozen_depth, unfreeze_every=args.unfreeze_every,
+                          unfreeze_until=args.unfreeze_until)
     optim = {"adamw": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_steps": 2,
                        "grad_clip_norm": 1.0},
              "sgd": {"name": "sgd", "learning_rate": args.lr, "momentum": 0.9, "weight_decay": 1e-4}}[args.optim]
@@ -169,6 +173,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--unfreeze-every", type=int, default=0)
     p.add_argument("--unfreeze-until", type=int, default=0)
+    p.add_argument("--lp-ft-steps", type=int, default=0)
+    p.add_argument("--phase-lrs", default="1e-3,1e-3")
     args = p.parse_args()
     run_parallel(args) if args.mode == "parallel" else run_fit(args)
 

@@ -59,7 +59,7 @@ def main() -> None:
     from tl_jax.data import tf_ops
     from tl_jax.experiment import cli  # noqa: F401  (defines --traceback once, before any script's own flags)
 
-    tfds = tf_ops._tfds()
+    tfds = tf_ops.tfds_module()
     results = []
     with tfds.testing.mock_data(num_examples=200):
         for step in plan:

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from tl_jax.experiment import ablation, run
-from tl_jax.experiment.config import RESULT, ConfigError, load_config
+from tl_jax.experiment.config import ConfigError, load_config
+from tl_jax.experiment.rundir import RESULT, RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, "configs", "default.py")
@@ -18,13 +19,20 @@ TINY = {"data.source": "synthetic", "data.train_split": "train", "data.eval_spli
         "eval_every_epochs": 1, "parallel": "none", "tensorboard": False}
 
 
-def test_variants_cover_the_requested_depths_scratch_and_probe():
+def test_variants_cover_the_requested_depths_surgical_stages_and_scratch():
     config = load_config(DEFAULT, TINY)
-    runs = ablation.variants(config, "all", scratch=True, probe_cache=True)
-    assert [v.name for v in runs] == [f"depth{d}" for d in range(6)] + ["probe_cache", "scratch"]
+    runs = ablation.variants(config, "all", surgical=True, scratch=True, activation_cache=True)
+    stages = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert [v.name for v in runs] == [f"depth{d}" for d in range(6)] + [f"only_{s}" for s in stages] + ["scratch"]
     assert runs[3].note == "stem+layer1+layer2"
-    assert dict(runs[-1].overrides)["weights"] == "" and dict(runs[-2].overrides)["feature_cache"] is True
+    assert dict(runs[-1].overrides)["weights"] == ""
+    # The cache where something below a trainable stage stays frozen: not at depth 0, only_stem or scratch.
+    assert [v.name for v in runs if not dict(v.overrides)["activation_cache"]] == ["depth0", "only_stem", "scratch"]
+    only2 = dict(runs[8].overrides)
+    assert runs[8].kind == "surgical" and only2["freeze.trainable_stages"] == ("layer2",)
+    assert only2["freeze.frozen_depth"] == 0 and runs[8].depth == 2
     assert [v.depth for v in ablation.variants(config, "0,-1")] == [0, 5]
+    assert [v.name for v in ablation.variants(config, "none", surgical=True)] == [f"only_{s}" for s in stages]
     with pytest.raises(ConfigError, match="out of range"):
         ablation.variants(config, "0,6")
 
@@ -60,7 +68,7 @@ def test_a_second_invocation_skips_finished_runs_and_finishes_the_rest(tmp_path,
     os.remove(os.path.join(ablation.run_dir(work, ablation.variants(config, "5")[0], 1), RESULT))
     rows3, _ = ablation.ablate(config, work, depths="5", seeds=(1, 2), progress=False, log=lambda m: None)
     assert calls == [(5, 1), (5, 2)]
-    resumed = run.read_result(ablation.run_dir(work, ablation.variants(config, "5")[0], 1))
+    resumed = RunDir(ablation.run_dir(work, ablation.variants(config, "5")[0], 1), {}).result()
     assert resumed["resumed_from"] == 2
     assert rows3[0]["seeds"] == [1, 2]
 
@@ -73,7 +81,7 @@ def test_a_second_invocation_skips_finished_runs_and_finishes_the_rest(tmp_path,
 def test_runs_too_short_for_a_throughput_still_tabulate_and_plot(tmp_path):
     """One step each: no step runs after compilation, so there is no images/s to plot on a log axis."""
     config = load_config(DEFAULT, {**TINY, "num_steps": 1, "checkpoint_every_steps": 1})
-    rows, paths = ablation.ablate(config, str(tmp_path), depths="5", probe_cache=True, progress=False,
+    rows, paths = ablation.ablate(config, str(tmp_path), depths="5", scratch=True, progress=False,
                                   log=lambda m: None)
     assert [r["images_per_s"] for r in rows] == [None, None]
     assert open(paths["png"], "rb").read(4) == b"\x89PNG"
@@ -86,3 +94,18 @@ def test_format_table_lists_every_variant():
              "wall_s": 3.0}]
     text = ablation.format_table(rows)
     assert "| depth0 | full fine-tune | 1,234 | 50.0 ± 10.0 | 40.0 | n/a | 3.0 |" in text
+
+
+def test_surgical_variants_train_one_stage_each_and_are_named_in_table_and_plot(tmp_path):
+    config = load_config(DEFAULT, {**TINY, "num_steps": 2, "checkpoint_every_steps": 2})
+    runs = [v for v in ablation.variants(config, "none", surgical=True) if v.name in ("only_layer1", "only_head")]
+    results = ablation.run_all(config, str(tmp_path), runs, progress=False, log=lambda m: None)
+    for r, stage in zip(results, ("layer1", "head")):
+        info = json.load(open(os.path.join(r["workdir"], "run.json")))
+        assert [s for s in info["stage_names"] if s not in info["frozen_stages"]] == [stage]
+    rows = ablation.summarize(results)
+    paths = ablation.write_outputs(rows, results, str(tmp_path))
+    text = ablation.format_table(rows)
+    assert "| only_layer1 | only layer1 trains |" in text and "| only_head | only head trains |" in text
+    assert rows[0]["trainable_params"] == 147_968 and rows[1]["trainable_params"] == 5_130
+    assert open(paths["png"], "rb").read(4) == b"\x89PNG"

@@ -153,7 +153,7 @@ def test_metadata(stored, resnet18):
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     meta = json.loads((stored / "metadata.json").read_text())
-    info = registry.info("resnet18", "torchvision")
+    info = registry.model_config("resnet18", "torchvision")
     assert (meta["arch"], meta["source"], meta["num_classes"]) == ("resnet18", "torchvision", 1000)
     assert meta["stage_names"] == list(info.stage_names)
     assert preprocess.spec_from_metadata(meta) == info.preprocessing
@@ -179,10 +179,10 @@ def test_load_pretrained_new_head(stored):
     import jax
 
     _, base, _ = load_pretrained(stored)
-    model, v0, meta = load_pretrained(stored, num_classes=10, seed=0, frozen_depth=2)
+    model, v0, meta = load_pretrained(stored, num_classes=10, seed=0, frozen_stages=("stem", "layer1"))
     _, v0_again, _ = load_pretrained(stored, num_classes=10, seed=0)
     _, v1, _ = load_pretrained(stored, num_classes=10, seed=1)
-    assert (model.num_classes, model.frozen_depth) == (10, 2)
+    assert (model.num_classes, model.frozen_stages) == (10, ("stem", "layer1"))
     assert (meta["num_classes"], meta["class_names"]) == (10, None)
     head = v0["params"]["head"]
     assert head["kernel"].shape == (512, 10) and head["bias"].shape == (10,)
@@ -343,7 +343,7 @@ def test_urls_match_the_frameworks():
     pairs = registry.available()
     for arch, source in pairs:
         if source == "torchvision":
-            weights = registry.info(arch, source).weights
+            weights = registry.model_config(arch, source).weights
             enum = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
             assert weights.url == enum.url, arch
             assert weights.top1 == enum.meta["_metrics"]["ImageNet-1K"]["acc@1"], arch
@@ -358,7 +358,7 @@ def test_urls_match_the_frameworks():
     keras_pairs = [arch for arch, source in pairs if source == "keras"]
     assert sorted(keras_pairs) == sorted(keras_urls)
     for arch in keras_pairs:
-        weights = registry.info(arch, "keras").weights
+        weights = registry.model_config(arch, "keras").weights
         assert weights.url == keras_urls[arch], arch
         assert weights.hash_name == "md5", arch
         if arch in modules:

@@ -201,7 +201,7 @@ def tfds():
     pytest.importorskip("tensorflow_datasets")
     from tl_jax.data import tf_ops
 
-    return tf_ops._tfds()
+    return tf_ops.tfds_module()
 
 
 @pytest.fixture(scope="module")

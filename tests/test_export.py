@@ -93,7 +93,8 @@ def test_finetuned_export_loads_strictly_into_torchvision(arch, size, frozen, fr
     for k, t in original.items():
         assert np.array_equal(back[k], t.numpy()), k
 
-    model = registry.create(arch, "torchvision", num_classes=CLASSES, frozen_depth=frozen)
+    model = registry.create(arch, "torchvision", num_classes=CLASSES,
+                            frozen_stages=registry.model_config(arch, "torchvision").stage_names[:frozen])
     x = np.random.RandomState(1).randn(4, size, size, 3).astype(np.float32)
     tuned = finetune(model, variables, x)
     info = export.export_variables(arch, "torchvision", tuned, "torchvision", tmp_path / "tuned.pth",
@@ -104,7 +105,7 @@ def test_finetuned_export_loads_strictly_into_torchvision(arch, size, frozen, fr
     net.load_state_dict(state, strict=True)
     # Every stage's output (under jit, with frozen stages) against torchvision's, caught by forward hooks.
     stages = jax.jit(lambda v, x: model.apply(v, x, train=False, return_stages=True))(tuned, x)
-    refs = torch_stage_outputs(net, registry.info(arch, "torchvision").torch_stages, x)
+    refs = torch_stage_outputs(net, registry.model_config(arch, "torchvision").torch_stages, x)
     assert list(stages) == list(model.stage_names) and len(refs) == len(stages)
     errors = [R.assert_parity(np.asarray(out), ref, f"{arch} fine-tuned, exported: stage {name}")
               for (name, out), ref in zip(stages.items(), refs)]
@@ -141,7 +142,7 @@ def test_safetensors_of_a_weights_directory_has_the_file_tensors_and_loads_stric
                                          ("inception_v3", "timm")])
 def test_other_publishers_of_the_same_architecture_export_to_torchvision_keys(arch, source):
     """Names only (no forward): every variable gets torchvision's name, and exactly torchvision's names."""
-    info = registry.info(arch, source)
+    info = registry.model_config(arch, source)
     template = jax.eval_shape(lambda: info.build(num_classes=CLASSES).init(
         jax.random.key(0), jnp.zeros((1, 75, 75, 3))))
     variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(template))

@@ -31,7 +31,7 @@ def stem_pool(model) -> str:
 
 def convert_at(arch: str, path: str, size: int, model) -> dict:
     """``convert_keras`` at the test's input size (Keras' VGG fc6 depends on it): the same table."""
-    info = registry.info(arch, "keras")
+    info = registry.model_config(arch, "keras")
     fam = maps.family(info.family)
     entries, unmatched = convert.apply_rules(fam.keras_canonical_names(read_h5_weights(path)), fam.keras_rules(info))
     return convert.assemble(variables_template(model, size), entries, unmatched)
@@ -50,7 +50,8 @@ CASES = [
 def test_finetuned_export_loads_into_keras_applications(arch, size, frozen, stage_layers, tmp_path):
     app = export_keras.KERAS_APPS[arch]
     ref = R.keras_reference(app, str(tmp_path / "ref.h5"), size, classes=CLASSES)
-    model = registry.create(arch, "keras", num_classes=CLASSES, frozen_depth=frozen)
+    model = registry.create(arch, "keras", num_classes=CLASSES,
+                            frozen_stages=registry.model_config(arch, "keras").stage_names[:frozen])
     variables = convert_at(arch, str(tmp_path / "ref.h5"), size, model)
 
     # Unmodified: Keras reads back the reference's own weights, bit for bit.

@@ -1,6 +1,8 @@
 """FreezeSpec labels and the optimizer built from them (fast: shapes and small trees only)."""
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +37,9 @@ def test_depth_freezes_the_first_stages(resnet18_shapes, depth):
     for path, label in _flat_labels(spec, variables["params"]).items():
         stage = model.stage_names.index(path.split("/")[0])
         assert label == (FROZEN if stage < depth else TRAINABLE), path
-    # One source of truth: the model the loop trains gets the spec's depth.
-    assert model.for_training(spec.frozen_depth, None).frozen_depth == depth
+    # One source of truth: the model the loop trains gets the spec's frozen stages.
+    assert model.for_training(spec.frozen_stages, None).frozen_stages == model.stage_names[:depth]
+    assert spec.prefix_depth == depth
 
 
 def test_depth_bounds_and_linear_probe(resnet18_shapes):
@@ -132,12 +135,59 @@ def test_lr_mults_scale_updates_first_match_wins():
         np.testing.assert_allclose(u, -0.1 * mult[path_str(p)] * flat_g[path_str(p)], rtol=1e-6)
 
 
-def test_gradual_unfreezing_schedule():
-    spec = FreezeSpec(("a", "b", "c", "d", "head"), 4, unfreeze_every=10, unfreeze_until=1)
-    assert [spec.depth_at(s) for s in (0, 9, 10, 19, 20, 30, 1000)] == [4, 4, 3, 3, 2, 1, 1]
-    assert spec.at_step(25).frozen_depth == 2 and spec.at_step(25).unfreeze_every == 0
+def test_gradual_unfreezing_is_a_schedule():
+    names = ("a", "b", "c", "d", "head")
+    spec = FreezeSpec(names, 4, unfreeze_every=10, unfreeze_until=1)
+    assert [spec.at_step(s).prefix_depth for s in (0, 9, 10, 19, 20, 30, 1000)] == [4, 4, 3, 3, 2, 1, 1]
+    assert spec.at_step(25).frozen_stages == ("a", "b") and not spec.at_step(25).changes
+    written = FreezeSpec(names, schedule=((0, 4), (10, 3), (20, 2), (30, 1)))
+    assert written.phases == spec.phases
     with pytest.raises(ValueError):
         FreezeSpec(("a", "head"), 1, unfreeze_every=5, unfreeze_until=2)
+
+
+def test_trainable_stages_freeze_every_other_stage_the_head_included(resnet18_shapes):
+    model, variables = resnet18_shapes
+    spec = FreezeSpec(model.stage_names, trainable_stages=("layer2",))
+    assert spec.frozen_stages == ("stem", "layer1", "layer3", "layer4", "head") and spec.prefix_depth == 2
+    trainable = {p.split("/")[0] for p, lab in _flat_labels(spec, variables["params"]).items() if lab == TRAINABLE}
+    assert trainable == {"layer2"}
+    keep = spec.frozen_stats(variables["params"], variables["batch_stats"])
+    assert {p.split("/")[0] for p in keep} == {"stem", "layer1", "layer3", "layer4"}
+    both = FreezeSpec(model.stage_names, trainable_stages=("layer1", "head"))
+    assert both.frozen_stages == ("stem", "layer2", "layer3", "layer4") and both.prefix_depth == 1
+    # frozen_depth=k is the shorthand for "stages k.. train": one mechanism.
+    assert FreezeSpec(model.stage_names, 3).phases == \
+        FreezeSpec(model.stage_names, trainable_stages=model.stage_names[3:]).phases
+
+
+def test_lp_ft_and_phase_learning_rates():
+    names = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+    spec = FreezeSpec.from_config({"lp_ft_steps": 30, "schedule_learning_rates": (0.01, 0.001)}, names)
+    assert [(p.start, p.frozen, p.learning_rate) for p in spec.phases] == [(0, names[:-1], 0.01), (30, (), 0.001)]
+    assert spec.head_only is False and spec.at_step(29).head_only and spec.at_step(30).frozen_stages == ()
+    assert FreezeSpec(names, -1).head_only
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"trainable_stages": ("layer9",)}, "no stage 'layer9'; the stages are stem, layer1, layer2, layer3, layer4, head"),
+    ({"schedule": ((0, -1), (20, 0), (20, 2))}, "increasing steps"),
+    ({"schedule": ((5, -1),)}, "start at step 0"),
+    ({"schedule": ((0, 2), (10, ()))}, "nothing trains from step 10"),
+    ({"frozen_depth": 2, "trainable_stages": ("head",)}, "not frozen_depth and trainable_stages"),
+    ({"schedule": ((0, -1), (10, 0)), "schedule_learning_rates": (0.1,)}, "1 values for 2 phases"),
+])
+def test_refusals_name_the_problem(kwargs, message):
+    names = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FreezeSpec(names, **kwargs)
+
+
+def test_nothing_trains_when_patterns_freeze_the_rest(resnet18_shapes):
+    model, variables = resnet18_shapes
+    spec = FreezeSpec(model.stage_names, trainable_stages=("head",), patterns=("^head/",))
+    with pytest.raises(ValueError, match="nothing trains from step 0"):
+        spec.labels(variables["params"])
 
 
 def test_transfer_opt_state_keeps_moments_of_leaves_that_stay_trainable():

@@ -69,7 +69,7 @@ def write_images(root) -> dict[str, tuple[str, np.ndarray]]:
     add("palette_gif", "gif", palette.save, lambda p: _palette_rgb(palette))
     add("bmp", "bmp", Image.fromarray(base).save, lambda p: base)
     add("gray16_png", "png", Image.fromarray(gray16).save, lambda p: np.repeat((gray16 >> 8)[..., None], 3, -1))
-    add("rgb16_png", "png", lambda p: p.write_bytes(tf_ops._tf().io.encode_png(rgb16).numpy()),
+    add("rgb16_png", "png", lambda p: p.write_bytes(tf_ops.tf_module().io.encode_png(rgb16).numpy()),
         lambda p: (rgb16 >> 8).astype(np.uint8))
     add("cmyk_jpeg", "jpg", lambda p: Image.fromarray(base).convert("CMYK").save(p, quality=95), _pil_rgb)
     add("gray_jpeg", "jpg", lambda p: Image.fromarray(gray).save(p, quality=95), _pil_rgb)

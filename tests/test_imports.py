@@ -7,7 +7,7 @@ CORE = ["tl_jax", "tl_jax.tree", "tl_jax.models", "tl_jax.weights.convert", "tl_
         "tl_jax.weights.tensors", "tl_jax.weights.fetch", "tl_jax.preprocess", "tl_jax.freeze", "tl_jax.optim",
         "tl_jax.step", "tl_jax.parallel", "tl_jax.checkpoint", "tl_jax.loop", "tl_jax.data",
         # what the GPU benchmark imports (that machine has no TensorFlow, tfds or ml_collections)
-        "tl_jax.experiment.cli", "tl_jax.bench.step", "tl_jax.bench.torch_peer"]
+        "tl_jax.experiment.cli", "tl_jax.bench.step_speed", "tl_jax.bench.torch_peer"]
 
 
 def test_core_imports_without_tensorflow():
@@ -19,7 +19,7 @@ def test_core_imports_without_tensorflow():
             "sys.meta_path.insert(0, Block())\n"
             f"for m in {CORE!r}: __import__(m)\n"
             "import tl_jax.models as M\n"
-            "for arch, source in M.available(): M.info(arch, source)\n"
+            "for arch, source in M.available(): M.model_config(arch, source)\n"
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -52,7 +52,7 @@ def test_kernels_equal_timms_adapt_input_conv(c):
 
 
 def test_multispectral_model_runs_and_wrong_channels_are_one_clear_error(store):
-    model, variables, _ = load_pretrained(store, CLASSES, in_channels=5, frozen_depth=2)
+    model, variables, _ = load_pretrained(store, CLASSES, in_channels=5, frozen_stages=("stem", "layer1"))
     x = np.random.RandomState(1).randn(2, 32, 32, 5).astype(np.float32)
     assert model.apply(variables, x).shape == (2, CLASSES)
     with pytest.raises(ValueError, match=r"with 5 channels, got shape \(2, 32, 32, 3\); build it with in_channels=3"):

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "tl_jax")
 LAYERS = {"tl_jax": 0, "tl_jax.tree": 0, "tl_jax.preprocess": 0, "tl_jax.models": 0, "tl_jax.weights": 0,
           "tl_jax.data": 0, "tl_jax.freeze": 1, "tl_jax.optim": 1, "tl_jax.step": 2, "tl_jax.parallel": 2,
-          "tl_jax.checkpoint": 2, "tl_jax.preemption": 2, "tl_jax.loop": 3, "tl_jax.sweep": 3, "tl_jax.experiment": 4,
+          "tl_jax.checkpoint": 2, "tl_jax.preemption": 2, "tl_jax.loop": 3, "tl_jax.members": 3, "tl_jax.experiment": 4,
           "tl_jax.bench": 4}
 # Third-party packages that stay imported inside functions: heavy or optional, needed by few paths.
 LAZY_OK = {"tensorflow", "tensorflow_datasets", "torch", "torchvision", "keras", "h5py", "matplotlib", "sklearn",
@@ -127,3 +127,57 @@ def test_nothing_refers_outside_the_repository():
                     if pattern.search(line):
                         hits.append(f"{os.path.relpath(path, ROOT)}:{i}")
     assert not hits, f"references to files outside the repository: {hits}"
+
+
+def _functions(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def _called(node: ast.AST) -> set[str]:
+    """Names of the functions and methods called anywhere inside ``node``."""
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call):
+            f = n.func
+            out.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+    return out
+
+
+def test_one_training_step_and_one_training_loop():
+    """Only ``step.train_step`` differentiates a loss; only ``loop.fit`` iterates training steps (a ``for``
+    loop that calls a train program): the sweep, the activation cache and the ablation all go through them.
+    (``tl_jax.bench`` times a step in a bare loop by design: no data, evaluation or checkpoints.)"""
+    grads, loops = [], []
+    for module, path in _modules().items():
+        if module.startswith("tl_jax.bench"):
+            continue
+        tree = ast.parse(open(path).read(), path)
+        for fn in _functions(tree):
+            if {"grad", "value_and_grad"} & _called(fn):
+                grads.append(f"{module}.{fn.name}")
+            if any(isinstance(n, ast.For) and {"train", "train_step"} & _called(n) for n in ast.walk(fn)):
+                loops.append(f"{module}.{fn.name}")
+    assert grads == ["tl_jax.step.train_step"], grads
+    assert loops == ["tl_jax.loop.fit"], loops
+
+
+def test_no_module_uses_a_private_name_of_another():
+    """``from tl_jax.x import _name`` or ``module._name`` across modules: a sign of a missing public API."""
+    found = []
+    for module, path in _modules().items():
+        tree = ast.parse(open(path).read(), path)
+        aliases = set()      # local names bound to tl_jax modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tl_jax"):
+                found += [f"{module}: {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+                aliases |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("tl_jax")}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and node.attr.startswith("_") and not node.attr.startswith("__"):
+                found.append(f"{module}: {node.value.id}.{node.attr}")
+    assert not found, found

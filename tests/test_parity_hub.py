@@ -69,7 +69,7 @@ def test_timm_parity(arch, sizes, filename, photos, tmp_path):
     else:
         torch.save(ref.state_dict(), path)
     out = tmp_path / "store"
-    info = registry.info(arch, "timm")
+    info = registry.model_config(arch, "timm")
     if arch == "resnet18":  # once through the script itself
         stdout = cli("--arch", arch, "--source", "timm", "--weights", "a1_in1k", "--input", str(path),
                      "--output", str(out))
@@ -167,16 +167,16 @@ def test_transformers_config_names_the_architecture(tmp_path):
 def _timm_stage_modules(arch: str, net) -> list:
     """timm's module whose output is each of our stages but the head (torchvision's names, timm's pools)."""
     if arch.startswith("vgg"):
-        ends = [int(m[0].split(":")[1][:-1]) - 1 for m in registry.info(arch, "torchvision").torch_stages[:5]]
+        ends = [int(m[0].split(":")[1][:-1]) - 1 for m in registry.model_config(arch, "torchvision").torch_stages[:5]]
         return [net.features[i] for i in ends] + [net.pre_logits]
     rename = {"maxpool1": "Pool1", "maxpool2": "Pool2"}
-    return [getattr(net, rename.get(m[-1], m[-1])) for m in registry.info(arch, "timm").torch_stages[:-1]]
+    return [getattr(net, rename.get(m[-1], m[-1])) for m in registry.model_config(arch, "timm").torch_stages[:-1]]
 
 
 def _ours_by_stage(out, arch, source, x):
     model, variables, _ = load_pretrained(out)
     stages = jax.jit(lambda v, x: model.apply(v, x, train=False, return_stages=True))(variables, x)
-    assert list(stages) == list(registry.info(arch, source).stage_names)
+    assert list(stages) == list(registry.model_config(arch, source).stage_names)
     return [np.asarray(v) for v in stages.values()]
 
 
@@ -190,7 +190,7 @@ def test_every_stage_output_equals_timm_module_outputs(arch, size, tmp_path):
     x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
     refs, logits = R.hooked_outputs(ref, _timm_stage_modules(arch, ref), x)
     got = _ours_by_stage(tmp_path / "store", arch, "timm", x)
-    for name, a, b in zip(registry.info(arch, "timm").stage_names, got, [*refs, logits]):
+    for name, a, b in zip(registry.model_config(arch, "timm").stage_names, got, [*refs, logits]):
         if name == "classifier":                # timm's VGG MLP is convolutional: (N, 4096, 1, 1) here
             b = b.reshape(len(b), -1)
         assert a.shape == b.shape, (name, a.shape, b.shape)
@@ -209,6 +209,6 @@ def test_every_stage_output_equals_transformers_hidden_states(depth, tmp_path):
     refs = [h.numpy().transpose(0, 2, 3, 1) for h in out.hidden_states] + [out.logits.numpy()]
     got = _ours_by_stage(tmp_path / "store", f"resnet{depth}", "hf", x)
     assert len(refs) == len(got) == 6          # embedder (our stem), 4 stages, logits
-    for name, a, b in zip(registry.info(f"resnet{depth}", "hf").stage_names, got, refs):
+    for name, a, b in zip(registry.model_config(f"resnet{depth}", "hf").stage_names, got, refs):
         assert a.shape == b.shape, (name, a.shape, b.shape)
         assert R.parity_error(a, b) <= 1e-4, (name, R.parity_error(a, b))

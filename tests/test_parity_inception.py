@@ -181,7 +181,8 @@ def test_keras_variant_refuses_transform_input():
 
 def test_train_mode_conventions():
     """Frozen stages keep their BatchNorm statistics; dropout (torchvision 0.5) acts in train mode only."""
-    model = registry.create("inception_v3", "torchvision", num_classes=3, frozen_depth=6)
+    model = registry.create("inception_v3", "torchvision", num_classes=3,
+                            frozen_stages=registry.model_config("inception_v3", "torchvision").stage_names[:6])
     x = _inputs(75, 3)  # torchvision's minimum size
     # Random variables of the model's shapes: model.init would compile every initializer (slow).
     rng = np.random.RandomState(0)

@@ -116,7 +116,7 @@ def test_vgg16_state_dict_into_vgg19_names_missing_keys():
     assert "unexpected" in str(e.value) and "features.17.weight" in str(e.value)
 
 
-def test_vgg_train_mode_follows_frozen_depth():
+def test_vgg_train_mode_follows_the_frozen_stages():
     """Frozen stages: BatchNorm on running averages, no dropout, no gradient; trainable ones move.
 
     A small VGG-11-BN with the Keras layout (its fc6 fits a 32x32 input) and dropout on.
@@ -127,8 +127,8 @@ def test_vgg_train_mode_follows_frozen_depth():
     labels = np.arange(2) % 3
 
     def make(frozen_depth=0):
-        return vgg(11, batch_norm=True, variant="keras", dropout_rate=0.5, num_classes=3,
-                   frozen_depth=frozen_depth)
+        model = vgg(11, batch_norm=True, variant="keras", dropout_rate=0.5, num_classes=3)
+        return model.clone(frozen_stages=model.stage_names[:frozen_depth])
 
     # Random variables from numpy: ``init`` (truncated normals for ~25M weights) takes seconds on CPU.
     rng = np.random.RandomState(0)

@@ -63,7 +63,7 @@ def test_normalize_runs_in_jax(photo):
 
 def test_registry_names_specs_that_fit_its_models():
     for arch, source in registry.available():
-        info = registry.info(arch, source)
+        info = registry.model_config(arch, source)
         assert preprocess.get_spec(info.preprocessing).crop_size == info.input_size, (arch, source)
 
 

@@ -39,7 +39,7 @@ def test_quickstart_writes_the_summary_curve_and_ablation_and_reuses_its_runs(tm
     lines = []
     summary = quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1, 2), depths="5", overrides=TINY,
                                         progress=False, log=lines.append)
-    variants = {"depth5", "probe_cache", "scratch"}
+    variants = {"depth5", "scratch"}
     assert {(r["labels_per_class"], r["variant"]) for r in summary["records"]} == {
         (k, v) for k in (1, 2) for v in variants}
     for r in summary["records"]:
@@ -47,7 +47,9 @@ def test_quickstart_writes_the_summary_curve_and_ablation_and_reuses_its_runs(tm
                           "trainable_params", "train_images_per_s", "wall_s"}
         assert 0 <= r["top1_mean"] <= 1 and r["seeds"] == [0]
     head_only = {r["variant"]: r["trainable_params"] for r in summary["records"] if r["labels_per_class"] == 1}
-    assert head_only["depth5"] == head_only["probe_cache"] == 512 * 10 + 10 < head_only["scratch"]
+    assert head_only["depth5"] == 512 * 10 + 10 < head_only["scratch"]
+    cached = json.load(open(os.path.join(work, "labels1", "runs", "depth5_seed0", "result.json")))
+    assert cached["path"] == "activation_cache"        # the frozen backbone ran once (the digits: no augmentation)
     assert json.load(open(os.path.join(work, "summary.json")))["records"] == summary["records"]
     for png in ("transfer_curve.png", "frozen_depth.png", "stage_probe/probe.png"):
         assert open(os.path.join(work, png), "rb").read(4) == b"\x89PNG", png
@@ -56,7 +58,7 @@ def test_quickstart_writes_the_summary_curve_and_ablation_and_reuses_its_runs(tm
     assert (meta["arch"], meta["num_classes"], meta["input_size"]) == ("resnet18", 62, 8)
     probe = summary["probe"]["settings"]
     assert [s["labels_per_class"] for s in probe] == [1, 2] and len(probe[0]["probe_top1"]) == 5
-    assert "| probe_cache | 5,130 |" in quickstart.format_table(summary)
+    assert "| depth5 | 5,130 |" in quickstart.format_table(summary)
 
     again = quickstart.run_quickstart(CONFIG, work, seeds=(0,), shots=(1, 2), depths="5", overrides=TINY,
                                       progress=False, log=lines.append)

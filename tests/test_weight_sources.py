@@ -15,6 +15,7 @@ import pytest
 import references as R
 from tl_jax import load_pretrained, preprocess
 from tl_jax.models import registry
+from tl_jax.models.timm_tags import TIMM_TAGS
 from tl_jax.weights import importer, store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def test_timm_tags_match_timm_pretrained_cfg():
     import timm
 
     for arch in sorted({a for a, s in registry.available() if s == "timm"}):
-        info = registry.info(arch, "timm")
+        info = registry.model_config(arch, "timm")
         published = {n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*") if n.split(".")[0] == arch}
         published = {t for t in published if timm.models.get_pretrained_cfg(f"{arch}.{t}").num_classes == 1000}
         assert set(info.tags) == published, arch
@@ -36,13 +37,22 @@ def test_timm_tags_match_timm_pretrained_cfg():
                                             cfg.mean, cfg.std)
             assert w.preprocessing == expected, (arch, w.tag)
             assert w.hub == (cfg.hf_hub_id, "model.safetensors"), (arch, w.tag)
+    # The records themselves: every field of timm's pretrained_cfg they copy (all but top1), module names included.
+    for t in TIMM_TAGS:
+        cfg = timm.models.get_pretrained_cfg(t.name)
+        assert (t.architecture, t.tag, t.hf_hub_id) == (cfg.architecture, cfg.tag, cfg.hf_hub_id), t.name
+        assert (t.input_size, t.crop_pct, t.interpolation, t.mean, t.std) == (
+            cfg.input_size[1], cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std), t.name
+        assert (t.test_input_size, t.test_crop_pct) == (
+            cfg.test_input_size and cfg.test_input_size[1], cfg.test_crop_pct), t.name
+        assert (t.first_conv, t.classifier) == (cfg.first_conv, cfg.classifier), t.name
 
 
 def test_torchvision_v2_tags_match_torchvision():
     import torchvision
 
     for depth in (50, 101, 152):
-        info = registry.info(f"resnet{depth}", "torchvision")
+        info = registry.model_config(f"resnet{depth}", "torchvision")
         enum = torchvision.models.get_model_weights(f"resnet{depth}").IMAGENET1K_V2
         w = info.weights_for("IMAGENET1K_V2")
         assert (w.url, w.top1) == (enum.url, enum.meta["_metrics"]["ImageNet-1K"]["acc@1"])
@@ -51,7 +61,7 @@ def test_torchvision_v2_tags_match_torchvision():
         assert w.preprocessing.interpolation == t.interpolation.value
         assert w.preprocessing.mean == tuple(t.mean) and w.preprocessing.std == tuple(t.std)
     with pytest.raises(ValueError, match="unknown weights 'IMAGENET1K_V2' for resnet18 .*IMAGENET1K_V1"):
-        registry.info("resnet18").weights_for("IMAGENET1K_V2")
+        registry.model_config("resnet18").weights_for("IMAGENET1K_V2")
 
 
 # ------------------------------------------------------------------------------------- caches, offline
@@ -89,11 +99,11 @@ def test_planted_caches_convert_without_network(tmp_path):
     tv = R.torchvision_reference("resnet50", str(tmp_path / "tv.pth"), seed=2)
     hub_dir = tmp_path / "torch" / "hub" / "checkpoints"
     hub_dir.mkdir(parents=True)
-    (tmp_path / "tv.pth").rename(hub_dir / registry.info("resnet50").weights_for("IMAGENET1K_V2").filename)
+    (tmp_path / "tv.pth").rename(hub_dir / registry.model_config("resnet50").weights_for("IMAGENET1K_V2").filename)
     # Keras' cache: the published ResNet-50 file name.
     R.keras_reference("ResNet50", str(tmp_path / "k.h5"), 224, seed=2)
     (tmp_path / "keras" / "models").mkdir(parents=True)
-    (tmp_path / "k.h5").rename(tmp_path / "keras" / "models" / registry.info("resnet50", "keras").weights.filename)
+    (tmp_path / "k.h5").rename(tmp_path / "keras" / "models" / registry.model_config("resnet50", "keras").weights.filename)
     # The Hugging Face cache: timm's resnet18.a1_in1k.
     import timm
 
@@ -179,7 +189,7 @@ def test_the_tags_interpolation_reaches_the_eval_transform():
 
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     for source, arch, filt in (("timm", "resnet50", "bicubic"), ("torchvision", "resnet50", "bilinear")):
-        spec = registry.info(arch, source).preprocessing
+        spec = registry.model_config(arch, source).preprocessing
         t = transform.make_transform(spec, train=False, image_size=32)
         assert t.interpolation == filt
         want = preprocess.resize_and_center_crop(image, t.resize_size, 32, filt)

@@ -17,6 +17,7 @@ from PIL import Image
 from tl_jax import preprocess
 from tl_jax.experiment import config as config_lib
 from tl_jax.experiment import logs, restore, run, setup
+from tl_jax.experiment.rundir import RunDir
 from tl_jax.tree import flat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ def test_train_evaluate_predict_export_and_resume(tmp_path):
     assert run.train(config, work, progress=False, echo=False, stop_at_step=3) == \
         {"finished": False, "step": 3, "num_steps": 4}
     assert run.train(config, work, progress=False, echo=False, stop_at_step=3)["step"] == 3
-    assert run.read_result(work) is None
+    assert RunDir(work, {}).result() is None
     res = run.train(config, work, progress=False, echo=False)
     assert res["finished"] and res["resumed_from"] == 3
     events = [r.get("event") for r in logs.read_metrics(work)]
@@ -133,7 +134,7 @@ def test_train_evaluate_predict_export_and_resume(tmp_path):
         np.testing.assert_allclose([t["prob"] for t in q["top_k"]], [t["prob"] for t in p["top_k"]], rtol=1e-5)
 
     # A finished run is reported, not retrained; another config is refused.
-    assert run.train(config, work, progress=False, echo=False) == run.read_result(work)
+    assert run.train(config, work, progress=False, echo=False) == RunDir(work, {}).result()
     with pytest.raises(config_lib.ConfigError, match="another config"):
         run.train(config_lib.override(config, {"optim.learning_rate": 0.5}), work, progress=False, echo=False)
 

@@ -1,15 +1,21 @@
-"""``fit(setup)``: the training loop (steps, eval, logs, checkpoints, resume, NaN guard).
+"""``fit``: the training loop (steps, eval, logs, checkpoints, resume, NaN policy, preemption), once.
 
-Everything a run needs arrives in one :class:`Setup` (``tl_jax.experiment.setup`` builds it
-from a config; the cached-feature probe derives its own from it). The loop never waits for the
-device except at log, eval and checkpoint points: per-step metrics are summed on the device,
-together with the first step whose loss was not finite, and checked there. A non-finite loss
-raises ``FloatingPointError`` naming that step before anything after it is saved, so the last
-checkpoint written stays the last good one.
+What it trains arrives as a :class:`Trainee`: one run (:class:`Run`, built from a :class:`Setup`,
+which ``tl_jax.experiment.setup`` builds from a config) or K members trained side by side in one
+program (``tl_jax.members.Members``). A trainee gives the state to start from, the compiled
+program of each freezing phase (train step, eval step, learning rates), its checkpoint items and
+its layout on the devices; everything else is here and the same for both.
 
-Resuming: a checkpoint holds the parameters, BatchNorm statistics, optimizer state, step, rng
-and the number of batches consumed; ``setup.train_data(start)`` must yield the batches from
-that position on, so an interrupted run ends exactly where an uninterrupted one does.
+The loop never waits for the device except at log, eval and checkpoint points: per-step metrics
+are summed on the device together with the first step whose loss was not finite, per member.
+**Non-finite losses**: a member whose loss stops being finite is dropped (reported in a ``dropped``
+event and in the result, its numbers no longer used; the others go on); when no member is left,
+which for a single run is at once, training stops with ``FloatingPointError`` naming the step,
+before anything after it is saved, so the last checkpoint written stays the last good one.
+
+Resuming: a checkpoint holds the trainee's items (parameters, BatchNorm statistics, optimizer
+state, step, rng) and the number of batches consumed; ``setup.train_data(start)`` must yield the
+batches from that position on, so an interrupted run ends exactly where an uninterrupted one does.
 
 Stopping: with checkpoints, SIGTERM and SIGINT finish the step in progress, checkpoint it (every
 process the same step) and raise ``Preempted`` (``tl_jax.preemption``). A checkpoint or metrics
@@ -36,7 +42,7 @@ import numpy as np
 from tl_jax import preemption
 from tl_jax.checkpoint import Checkpointer
 from tl_jax.freeze import FreezeSpec
-from tl_jax.optim import OptimConfig, make_optimizer, make_schedule, transfer_opt_state
+from tl_jax.optim import OptimConfig, make_optimizer, phase_schedule, transfer_opt_state
 from tl_jax.parallel import DataParallel
 from tl_jax.step import TrainState, summarize_eval
 
@@ -45,13 +51,13 @@ Log = Callable[[dict[str, Any]], None]
 
 
 class Model(Protocol):
-    """What the loop needs from a model: the ports in ``tl_jax.models`` and the probe's head have it."""
+    """What the loop needs from a model: the ports in ``tl_jax.models`` have it."""
     stage_names: Sequence[str]
 
     def apply(self, variables: Any, *args: Any, **kwargs: Any) -> Any: ...
 
-    def for_training(self, frozen_depth: int, bn_axis_name: str | None) -> "Model":
-        """The model with its first ``frozen_depth`` stages frozen, BatchNorm synced over ``bn_axis_name``."""
+    def for_training(self, frozen_stages: Sequence[str], bn_axis_name: str | None) -> "Model":
+        """The model with ``frozen_stages`` frozen and trainable BatchNorm synced over ``bn_axis_name``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +72,10 @@ class Cadence:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """Everything ``fit`` needs. ``train_data(start)`` yields this process's rows of every global
-    batch from batch ``start`` on (dicts "image", "label"); ``eval_data()`` one padded pass with a
-    "mask". Global batch sizes must divide by the device count."""
+    """Everything a run needs. ``train_data(start)`` yields this process's rows of every global
+    batch from batch ``start`` on (dicts "image", "label"; "image" is the model's input, images or
+    cached activations); ``eval_data()`` one padded pass with a "mask". Global batch sizes must
+    divide by the device count."""
     model: Model
     variables: Mapping[str, Any]                       # {"params", "batch_stats"} to start from
     freeze: FreezeSpec
@@ -82,75 +89,150 @@ class Setup:
     seed: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What one freezing phase compiles: ``train(state, batch) -> (state, metrics)``,
+    ``evaluate(state, batch) -> sums`` (``step.eval_step``'s, per member for K members) and the
+    learning rate of each member as a function of the step."""
+    phase: int
+    frozen_stages: tuple[str, ...]
+    train: Callable
+    evaluate: Callable
+    learning_rates: Callable[[int], list[float]]
+
+
+class Layout(Protocol):
+    """Where a trainee's state and batches live (``DataParallel`` for one run)."""
+
+    def put_state(self, state: Any) -> Any: ...
+    def put_batch(self, batch: Batch) -> Any: ...
+    def get(self, tree: Any) -> Any: ...
+    def global_batch_size(self, batch: Any) -> int: ...
+    def state_sharding(self) -> Any: ...
+
+
+class Trainee(Protocol):
+    """What ``fit`` trains. ``members``: None for one run (scalar metrics); K when every metric and
+    eval sum carries a leading member axis."""
+    setup: Setup
+    layout: Layout
+    members: int | None
+
+    def program(self, step: int) -> Program:
+        """The compiled program of the phase in force at ``step`` (built once per phase)."""
+
+    def initial_state(self, step: int) -> Any:
+        """The host state to start from, in the structure of the phase at ``step`` (the restore template)."""
+
+    def repartition(self, state: Any, program: Program) -> Any:
+        """``state`` (one logical copy) under a new phase's program: optimizer state carried over."""
+
+    def items(self, state: Any) -> dict[str, Any]:
+        """The state as checkpoint items."""
+
+    def from_items(self, template: Any, items: Mapping[str, Any]) -> Any:
+        """The state from restored items."""
+
+    def describe(self, step: int) -> dict[str, Any]:
+        """Fields of the "start" log record."""
+
+
 @dataclasses.dataclass
 class FitResult:
-    state: TrainState                      # one logical copy (global arrays), ready for eval or export
+    state: Any                             # one logical copy (global arrays), ready for eval or export
     start_step: int                        # > 0 when the run resumed from a checkpoint
     step: int                              # the step it ended at (num_steps, or stop_at_step)
-    final_eval: dict[str, Any] | None      # eval at num_steps (also when a restart found the run done)
+    final_eval: Any                        # eval at num_steps (a dict with its step; per member a list, None if dropped)
     steps_per_s: float | None              # steady state; None when no step ran after compilation
+    dropped: tuple[int, ...] = ()          # members dropped for a non-finite loss
 
 
 @dataclasses.dataclass(frozen=True)
-class _Program:
-    """What depends on the frozen set: the configured model, its optimizer and compiled steps."""
-    depth: int
-    model: Any
+class _RunPhase:
+    """One run's phase: its program and the model and optimizer its ``TrainState`` carries."""
+    program: Program
+    apply_fn: Callable
     tx: Any
-    train: Callable
-    evaluate: Callable
 
 
-# Programs of earlier runs in this process, by everything their computation depends on: a sweep or an
+# Phases of earlier runs in this process, by everything their computation depends on: a sweep or an
 # ablation repeating a configuration (another seed, other labels) reuses the traced and compiled steps.
-_RECENT: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
+_RECENT: collections.OrderedDict[tuple, _RunPhase] = collections.OrderedDict()
 _RECENT_SIZE = 16
 
 
-class _Programs:
-    """One program per frozen depth (gradual unfreezing changes it), each built once."""
+def forget_programs() -> None:
+    """Drop the compiled programs kept from earlier runs (benchmarks time compilation too)."""
+    _RECENT.clear()
+
+
+def kept_programs() -> int:
+    """How many compiled programs of earlier runs this process keeps for reuse."""
+    return len(_RECENT)
+
+
+class Run:
+    """One run as a :class:`Trainee`: a ``TrainState`` under ``setup.parallel``."""
+    members = None
 
     def __init__(self, setup: Setup):
-        self.setup, self._built = setup, {}
+        self.setup, self.layout, self._built = setup, setup.parallel, {}
 
-    def at(self, step: int) -> _Program:
-        spec = self.setup.freeze.at_step(step)
-        if spec.frozen_depth not in self._built:
-            key = self._key(spec)
+    def program(self, step: int) -> Program:
+        return self._phase(self.setup.freeze.phase_index(step)).program
+
+    def _phase(self, index: int) -> _RunPhase:
+        if index not in self._built:
+            key = self._key(index)
             if key not in _RECENT:
-                _RECENT[key] = self._build(spec)
+                _RECENT[key] = self._build(index)
                 while len(_RECENT) > _RECENT_SIZE:
                     _RECENT.popitem(last=False)
             _RECENT.move_to_end(key)
-            self._built[spec.frozen_depth] = _RECENT[key]
-        return self._built[spec.frozen_depth]
+            self._built[index] = _RECENT[key]
+        return self._built[index]
 
-    def _build(self, spec: FreezeSpec) -> _Program:
+    def _build(self, index: int) -> _RunPhase:
         s, dp = self.setup, self.setup.parallel
+        start = s.freeze.phases[index].start
+        spec = s.freeze.at_step(start)
         params, stats = s.variables["params"], s.variables.get("batch_stats", {})
-        model = s.model.for_training(spec.frozen_depth, dp.bn_axis_name)
-        return _Program(spec.frozen_depth, model, make_optimizer(s.optim, spec, params, s.num_steps),
-                        dp.train_step(label_smoothing=s.label_smoothing, frozen_stats=spec.frozen_stats(params, stats)),
-                        dp.eval_step(model.apply))
+        model = s.model.for_training(spec.frozen_stages, dp.bn_axis_name)
+        schedule = phase_schedule(s.optim, s.freeze, start, s.num_steps)
+        tx = make_optimizer(s.optim, spec, params, s.num_steps, schedule=schedule)
+        train = dp.train_step(label_smoothing=s.label_smoothing, frozen_stats=spec.frozen_stats(params, stats))
+        evaluate = dp.eval_step(model.apply)
+        program = Program(index, spec.frozen_stages, train, lambda state, batch: evaluate(state.variables, batch),
+                          lambda step: [float(schedule(step))])
+        return _RunPhase(program, model.apply, tx)
 
-    def _key(self, spec: FreezeSpec) -> tuple:
+    def _key(self, index: int) -> tuple:
         s, dp = self.setup, self.setup.parallel
         leaves, treedef = jax.tree.flatten(dict(s.variables))
-        return (s.model, spec, s.optim, s.num_steps, s.label_smoothing, dp.kind, dp.sync_bn,
+        return (s.model, s.freeze, index, s.optim, s.num_steps, s.label_smoothing, dp.kind, dp.sync_bn,
                 tuple(d.id for d in dp.mesh.devices.flat), treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
 
     def initial_state(self, step: int) -> TrainState:
-        p = self.at(step)
-        return TrainState.create(p.model.apply, dict(self.setup.variables), p.tx, self.setup.seed)
+        phase = self._phase(self.setup.freeze.phase_index(step))
+        return TrainState.create(phase.apply_fn, dict(self.setup.variables), phase.tx, self.setup.seed)
 
-    def repartition(self, state: TrainState, program: _Program) -> TrainState:
-        """The same arrays under a new frozen set; optimizer state carried over where leaves stay trainable."""
-        dp = self.setup.parallel
-        one = dp.get(state)
-        opt_state = transfer_opt_state(one.opt_state, program.tx.init(one.params))
-        return dp.put_state(TrainState(step=one.step, params=one.params, batch_stats=one.batch_stats,
-                                       opt_state=opt_state, rng=one.rng, apply_fn=program.model.apply,
-                                       tx=program.tx))
+    def repartition(self, state: TrainState, program: Program) -> TrainState:
+        phase = self._phase(program.phase)
+        return state.replace(opt_state=transfer_opt_state(state.opt_state, phase.tx.init(state.params)),
+                             apply_fn=phase.apply_fn, tx=phase.tx)
+
+    def items(self, state: TrainState) -> dict[str, Any]:
+        return state_items(state)
+
+    def from_items(self, template: TrainState, items: Mapping[str, Any]) -> TrainState:
+        return template.replace(params=items["params"], batch_stats=items["batch_stats"],
+                                opt_state=items["opt_state"], step=items["progress"]["step"],
+                                rng=items["progress"]["rng"])
+
+    def describe(self, step: int) -> dict[str, Any]:
+        spec = self.setup.freeze.at_step(step)
+        return {"frozen_stages": list(spec.frozen_stages), "devices": self.layout.num_devices,
+                "processes": jax.process_count(), **spec.summary(self.setup.variables["params"])}
 
 
 def state_items(state: TrainState) -> dict[str, Any]:
@@ -159,59 +241,65 @@ def state_items(state: TrainState) -> dict[str, Any]:
             "progress": {"step": state.step, "rng": state.rng}}
 
 
-def fit(setup: Setup, workdir: str | None = None, *, log: Log | None = None,
+def fit(trainee: Trainee | Setup, workdir: str | None = None, *, log: Log | None = None,
         stop_at_step: int | None = None) -> FitResult:
-    """Train ``setup`` for ``setup.num_steps`` steps, resuming from ``workdir/checkpoints``.
+    """Train for ``setup.num_steps`` steps, resuming from ``workdir/checkpoints``.
 
     Eval runs every ``cadence.eval_every`` steps and at the end; checkpoints every
     ``cadence.checkpoint_every`` steps, at the end and at ``stop_at_step`` (keeping the last
-    ``keep_checkpoints`` plus the best by eval top-1; only checkpoints at eval steps compete for
-    best). ``log`` gets every record (default: JSON lines in ``workdir/metrics.jsonl``).
-    ``stop_at_step`` leaves after that step, for time-sliced jobs. With checkpoints, SIGTERM or
-    SIGINT saves the step in progress and raises ``preemption.Preempted``; a checkpoint that
-    cannot be written raises ``checkpoint.WriteError`` (the previous one stays restorable).
+    ``keep_checkpoints`` plus, for one run, the best by eval top-1; only checkpoints at eval steps
+    compete for best). ``log`` gets every record (default: JSON lines in ``workdir/metrics.jsonl``);
+    with K members its metrics are lists of K. ``stop_at_step`` leaves after that step, for
+    time-sliced jobs. With checkpoints, SIGTERM or SIGINT saves the step in progress and raises
+    ``preemption.Preempted``; a checkpoint that cannot be written raises ``checkpoint.WriteError``
+    (the previous one stays restorable).
     """
+    trainee = Run(trainee) if isinstance(trainee, Setup) else trainee
+    setup, layout, cad = trainee.setup, trainee.layout, trainee.setup.cadence
     log = log or JsonlLogger(os.path.join(workdir, "metrics.jsonl") if workdir else None)
-    dp, cad = setup.parallel, setup.cadence
-    programs = _Programs(setup)
-    ckpt = (Checkpointer(os.path.join(workdir, "checkpoints"), keep=cad.keep_checkpoints)
+    ckpt = (Checkpointer(os.path.join(workdir, "checkpoints"), keep=cad.keep_checkpoints,
+                         best_metric="top1" if trainee.members is None else None)
             if workdir and cad.checkpoint_every else None)
     # The watch closes last: a second signal while the final save commits is only noted.
     watch = preemption.Watch() if ckpt else None
     stopped_by = None
     with watch or contextlib.nullcontext(), ckpt or contextlib.nullcontext():
-        state, start, position = _start(setup, programs, ckpt, log)
+        state, start, position, dropped = _start(trainee, ckpt, log)
         end = setup.num_steps if stop_at_step is None else min(setup.num_steps, max(int(stop_at_step), start))
-        meter = _Meter(log, make_schedule(setup.optim, setup.num_steps), saved=start)
-        program, final = programs.at(start), None
+        meter = _Meter(log, trainee.members, dropped, saved=start)
+        program, final = trainee.program(start), None
         batches = iter(setup.train_data(position))
         try:
             for step in range(start, end):
-                current = programs.at(step)
+                current = trainee.program(step)
                 compiles = step == start or current is not program
-                if current is not program:   # gradual unfreezing: new partition, recompiled step
-                    program, state = current, programs.repartition(state, current)
-                    log({"event": "unfreeze", "step": step, "frozen_depth": program.depth})
-                batch = dp.put_batch(next(batches))
+                if current is not program:   # a new freezing phase: new partition, recompiled step
+                    program, state = current, layout.put_state(trainee.repartition(layout.get(state), current))
+                    log({"event": "phase", "step": step, "phase": program.phase,
+                         "frozen_stages": list(program.frozen_stages)})
+                batch = layout.put_batch(next(batches))
                 state, metrics = program.train(state, batch)
-                meter.add(dp.get(metrics), step, dp.global_batch_size(batch), compiled=compiles)
+                meter.add(layout.get(metrics), step, layout.global_batch_size(batch), compiled=compiles)
                 done = step + 1
                 stop = watch is not None and watch.reached(done) and done < end
                 if done == end or done % cad.log_every == 0:
-                    meter.log(done)
+                    meter.log(done, program.learning_rates(done - 1))
                     if ckpt:
                         ckpt.check()      # a background save that failed stops training here
                 if setup.eval_data is not None and (done == setup.num_steps or (cad.eval_every and
                                                                                done % cad.eval_every == 0)):
                     with meter.paused():
-                        final = {"step": done, **evaluate(dp, program.evaluate, state.variables, setup.eval_data)}
-                        log({"split": "eval", **final})
+                        final = {"step": done, "eval": evaluate(trainee, program, state, meter.dropped)}
+                        log({"split": "eval", "step": done, **_eval_record(final["eval"], trainee.members)})
                 if ckpt and (done == end or stop or done % cad.checkpoint_every == 0):
                     with meter.paused():
                         meter.check(done)
-                        fresh = final if final is not None and final["step"] == done else None
-                        ckpt.save(done, state_items(dp.get(state)), {"data_position": done,
-                                                                     "frozen_depth": program.depth}, metrics=fresh)
+                        fresh = final["eval"] if final is not None and final["step"] == done and \
+                            trainee.members is None else None
+                        ckpt.save(done, trainee.items(layout.get(state)),
+                                  {"data_position": done, "phase": program.phase,
+                                   "frozen_stages": list(program.frozen_stages), "dropped": sorted(meter.dropped)},
+                                  metrics=fresh)
                         meter.saved = done
                 if stop:
                     log({"event": "preempted", "step": done})
@@ -226,45 +314,61 @@ def fit(setup: Setup, workdir: str | None = None, *, log: Log | None = None,
             if close is not None:
                 close()
         if start == end == setup.num_steps and setup.eval_data is not None:   # finished earlier: report it
-            final = {"step": end, **evaluate(dp, program.evaluate, state.variables, setup.eval_data)}
+            final = {"step": end, "eval": evaluate(trainee, program, state, meter.dropped)}
         if stopped_by is None and end < setup.num_steps:
             log({"event": "stopped", "step": end})
     if stopped_by is not None:      # raised once the checkpoint has committed and the handlers are restored
         raise stopped_by
-    return FitResult(dp.get(state), start, end, final if end == setup.num_steps else None, meter.steps_per_s())
+    final_eval = None
+    if final and end == setup.num_steps:
+        final_eval = {"step": end, **final["eval"]} if trainee.members is None else final["eval"]
+    return FitResult(layout.get(state), start, end, final_eval, meter.steps_per_s(), tuple(sorted(meter.dropped)))
 
 
-def _start(setup: Setup, programs: _Programs, ckpt: Checkpointer | None, log: Log) -> tuple[TrainState, int, int]:
-    """The state to start from (restored, or the setup's variables), its step and data position."""
-    dp = setup.parallel
-    abstract = lambda s: jax.eval_shape(lambda: programs.initial_state(s))  # noqa: E731
-    restored = ckpt.restore(lambda s: state_items(abstract(s)), sharding=dp.state_sharding()) if ckpt else None
+def _start(trainee: Trainee, ckpt: Checkpointer | None, log: Log) -> tuple[Any, int, int, set[int]]:
+    """The state to start from (restored, or the trainee's initial one), its step, data position
+    and the members dropped earlier."""
+    abstract = lambda s: jax.eval_shape(lambda: trainee.initial_state(s))  # noqa: E731
+    restored = ckpt.restore(lambda s: trainee.items(abstract(s)),
+                            sharding=trainee.layout.state_sharding()) if ckpt else None
     if restored:
         step, items, meta = restored
-        state = abstract(step).replace(params=items["params"], batch_stats=items["batch_stats"],
-                                       opt_state=items["opt_state"], step=items["progress"]["step"],
-                                       rng=items["progress"]["rng"])
+        state = trainee.from_items(abstract(step), items)
         log({"event": "resumed", "step": step, "data_position": meta["data_position"]})
-        position = int(meta["data_position"])
+        position, dropped = int(meta["data_position"]), set(meta.get("dropped", ()))
     else:
-        step, position, state = 0, 0, programs.initial_state(0)
-    spec = setup.freeze.at_step(step)
-    log({"event": "start", "step": step, "num_steps": setup.num_steps, "frozen_depth": spec.frozen_depth,
-         "devices": dp.num_devices, "processes": jax.process_count(), **spec.summary(setup.variables["params"])})
-    return dp.put_state(state), step, position
+        step, position, state, dropped = 0, 0, trainee.initial_state(0), set()
+    log({"event": "start", "step": step, "num_steps": trainee.setup.num_steps, **trainee.describe(step)})
+    return trainee.layout.put_state(state), step, position, dropped
 
 
-def evaluate(dp: DataParallel, eval_fn: Callable, variables: Any, eval_data: Callable[[], Iterable[Batch]],
-             ) -> dict[str, Any]:
-    """Exact metrics over ``eval_data()`` (masked sums, divided once at the end); ``variables`` in
-    ``dp``'s layout, ``eval_fn`` from ``dp.eval_step``."""
+def evaluate(trainee: Trainee, program: Program, state: Any, dropped: Iterable[int] = ()) -> Any:
+    """Exact metrics over ``setup.eval_data()`` (masked sums, divided once at the end): a dict, or
+    with K members a list of K (None for a dropped member)."""
+    return evaluate_batches(trainee.layout, program.evaluate, state, trainee.setup.eval_data, trainee.members,
+                            dropped)
+
+
+def evaluate_batches(layout: Layout, eval_fn: Callable, state: Any, eval_data: Callable[[], Iterable[Batch]],
+                     members: int | None = None, dropped: Iterable[int] = ()) -> Any:
+    """``eval_fn(state, batch)`` summed over one pass of ``eval_data()``, then divided (per member)."""
     sums = None
     for batch in eval_data():
-        out = dp.get(eval_fn(variables, dp.put_batch(batch)))
+        out = layout.get(eval_fn(state, layout.put_batch(batch)))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if sums is None:
         raise ValueError("eval_data() yielded no batches")
-    return summarize_eval(jax.device_get(sums))
+    host = jax.device_get(sums)
+    if members is None:
+        return summarize_eval(host)
+    return [None if i in set(dropped) else summarize_eval({k: v[i] for k, v in host.items()})
+            for i in range(members)]
+
+
+def _eval_record(result: Any, members: int | None) -> dict[str, Any]:
+    if members is None:
+        return result
+    return {k: [None if r is None else r[k] for r in result] for k in ("loss", "top1", "top5", "count")}
 
 
 @jax.jit
@@ -274,17 +378,18 @@ def _accumulate(acc: dict, metrics: dict, step: jax.Array) -> dict:
     return {**out, "n": acc["n"] + 1, "first_bad": jnp.where(bad, step, acc["first_bad"])}
 
 
-def _empty() -> dict:
-    z = jnp.zeros((), jnp.float32)
-    return {"loss": z, "top1": z, "top5": z, "n": jnp.zeros((), jnp.int32), "first_bad": jnp.full((), -1, jnp.int32)}
+def _empty(members: int | None) -> dict:
+    shape = () if members is None else (members,)
+    z = jnp.zeros(shape, jnp.float32)
+    return {"loss": z, "top1": z, "top5": z, "n": jnp.zeros((), jnp.int32), "first_bad": jnp.full(shape, -1, jnp.int32)}
 
 
 class _Meter:
-    """Train metrics summed on the device, the NaN guard, train logs and steady-state throughput."""
+    """Train metrics summed on the device, the non-finite-loss policy, train logs and steady-state throughput."""
 
-    def __init__(self, log: Log, lr_at: Callable, saved: int):
-        self.log_fn, self.lr_at = log, lr_at
-        self.acc, self.steps, self.saved, self.batch = _empty(), 0, saved, 0
+    def __init__(self, log: Log, members: int | None, dropped: set[int], saved: int):
+        self.log_fn, self.members, self.dropped = log, members, set(dropped)
+        self.acc, self.steps, self.saved, self.batch = _empty(members), 0, saved, 0
         self.clean_steps, self.clean_s = 0, 0.0
         self._mark: float | None = None       # clock start of the current clean interval
         self._mark_steps = 0
@@ -318,25 +423,39 @@ class _Meter:
             self._paused += time.perf_counter() - t
 
     def check(self, done: int) -> dict:
-        """Host sync: raise on a non-finite loss since the last check."""
+        """Host sync: apply the non-finite-loss policy to what happened since the last check."""
         host = jax.device_get(self.acc)
-        if int(host["first_bad"]) >= 0:
+        first_bad = np.atleast_1d(host["first_bad"])
+        new = {i: int(s) for i, s in enumerate(first_bad) if s >= 0 and i not in self.dropped}
+        if not new:
+            return host
+        count = 1 if self.members is None else self.members
+        if len(self.dropped) + len(new) == count:
+            who = "" if self.members is None else (" in every member" if count > 1 else " in its member")
             raise FloatingPointError(
-                f"non-finite training loss at step {int(host['first_bad']) + 1}; training stopped. The last "
+                f"non-finite training loss at step {min(new.values()) + 1}{who}; training stopped. The last "
                 f"checkpoint written (step {self.saved}, 0 = none) is intact: lower the learning rate, or check "
                 f"the data, and run again")
+        self.dropped |= set(new)
+        self.log_fn({"event": "dropped", "step": done, "members": sorted(new),
+                     "first_nonfinite_step": [new[i] + 1 for i in sorted(new)]})
         return host
 
-    def log(self, done: int) -> None:
+    def log(self, done: int, learning_rates: list[float]) -> None:
         host = self.check(done)
         rate = self._close_interval()
         n = max(int(host["n"]), 1)
-        record = {"split": "train", "step": done, "loss": float(host["loss"]) / n, "top1": float(host["top1"]) / n,
-                  "top5": float(host["top5"]) / n, "lr": float(self.lr_at(done - 1))}
+        means = {k: np.asarray(host[k]) / n for k in ("loss", "top1", "top5")}
+        if self.members is None:
+            record = {k: float(v) for k, v in means.items()} | {"lr": learning_rates[0]}
+        else:
+            record = {k: [None if i in self.dropped else float(x) for i, x in enumerate(v)] for k, v in means.items()}
+            record["lr"] = learning_rates
+        record = {"split": "train", "step": done, **record}
         if rate is not None:
             record.update(steps_per_s=rate, images_per_s=rate * self.batch)
         self.log_fn(record)
-        self.acc = _empty()
+        self.acc = _empty(self.members)
 
     def steps_per_s(self) -> float | None:
         return self.clean_steps / self.clean_s if self.clean_steps else None
@@ -360,4 +479,5 @@ class JsonlLogger:
                               f"permissions, then run the same command to resume") from e
 
 
-__all__ = ["Cadence", "FitResult", "JsonlLogger", "Model", "Setup", "evaluate", "fit", "state_items"]
+__all__ = ["Cadence", "FitResult", "JsonlLogger", "Layout", "Model", "Program", "Run", "Setup", "Trainee",
+           "evaluate", "evaluate_batches", "fit", "forget_programs", "kept_programs", "state_items"]

@@ -74,6 +74,22 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), main], [warm])
 
 
+def phase_schedule(cfg: OptimConfig, spec: FreezeSpec, step: int, total_steps: int) -> optax.Schedule:
+    """The learning rate in force at ``step``, as a function of the optimizer's update count (the global step).
+
+    One schedule over the run, or, where ``spec.schedule_learning_rates`` gives each phase its peak,
+    the schedule restarted at the phase's first step and run over the phase's steps (LP-FT's two phases
+    each get their own warmup and decay)."""
+    index = spec.phase_index(step)
+    phase = spec.phases[index]
+    if phase.learning_rate is None:
+        return make_schedule(cfg, total_steps)
+    first = phase.start
+    schedule = make_schedule(dataclasses.replace(cfg, learning_rate=phase.learning_rate),
+                             spec.phase_end(index, total_steps) - first)
+    return lambda count: schedule(count - first)
+
+
 def scale_by_lr_mults(spec: FreezeSpec) -> optax.GradientTransformation:
     """Stateless per-leaf multiplier from ``spec.lr_mults`` (decided at trace time from the path)."""
     def update(updates, state, params=None):
@@ -89,7 +105,8 @@ def _decay_mask(cfg: OptimConfig):
 
 
 def trainable_transform(cfg: OptimConfig, spec: FreezeSpec, total_steps: int, *,
-                        like: OptimConfig | None = None) -> optax.GradientTransformation:
+                        like: OptimConfig | None = None, schedule: optax.Schedule | None = None,
+                        ) -> optax.GradientTransformation:
     """The chain applied to trainable leaves only.
 
     ``like`` (a sweep, ``tl_jax.sweep``) decides which parts the chain has, so that ``cfg``'s learning
@@ -110,18 +127,19 @@ def trainable_transform(cfg: OptimConfig, spec: FreezeSpec, total_steps: int, *,
         parts += [decay] if decay else []
     if spec.lr_mults:
         parts.append(scale_by_lr_mults(spec))
-    parts.append(optax.scale_by_learning_rate(make_schedule(cfg, total_steps)))
+    parts.append(optax.scale_by_learning_rate(schedule or make_schedule(cfg, total_steps)))
     return optax.chain(*parts)
 
 
 def make_optimizer(cfg: OptimConfig | Mapping[str, Any], spec: FreezeSpec, params: Any,
-                   total_steps: int, *, like: OptimConfig | None = None) -> optax.GradientTransformation:
+                   total_steps: int, *, like: OptimConfig | None = None, schedule: optax.Schedule | None = None,
+                   ) -> optax.GradientTransformation:
     """``optax.partition`` of the trainable chain and ``set_to_zero`` over ``spec.labels(params)``
-    (``like``: see ``trainable_transform``)."""
+    (``like``: see ``trainable_transform``; ``schedule``: the learning rate, default ``make_schedule``)."""
     if not isinstance(cfg, OptimConfig):
         cfg = OptimConfig.from_config(cfg)
     labels = spec.labels(params)
-    return optax.partition({TRAINABLE: trainable_transform(cfg, spec, total_steps, like=like),
+    return optax.partition({TRAINABLE: trainable_transform(cfg, spec, total_steps, like=like, schedule=schedule),
                             FROZEN: optax.set_to_zero()}, labels)
 
 

@@ -12,8 +12,9 @@ The step is written once with a named ``"data"`` axis. Two wrappers run it:
 
 The state is donated in every wrapper. Trainable BatchNorm syncs its batch
 statistics across the axis when the model has ``bn_axis_name="data"``
-(``DataParallel.bn_axis_name`` when ``sync_bn``); without sync the new running
-statistics are averaged across devices after the step so replicas stay identical.
+(``DataParallel.bn_axis_name`` when ``sync_bn``); without sync the step averages the new
+running statistics across devices so replicas stay identical. The step itself lives in
+``tl_jax.step`` only: this module wraps it.
 ``DataParallel`` owns every layout decision (stacked copies under pmap, global arrays
 under shard_map): callers put and get states, batches and metrics through it.
 """
@@ -162,17 +163,20 @@ class DataParallel:
     # --- steps -----------------------------------------------------------------
     def train_step(self, *, label_smoothing: float = 0.0, frozen_stats: frozenset[str] = frozenset(),
                    ) -> Callable[[step_lib.TrainState, Any], tuple[step_lib.TrainState, dict]]:
-        """Compiled ``(state, batch) -> (state, metrics)`` in this wrapper's layout; the state is donated."""
-        fn = functools.partial(_train_step, label_smoothing=label_smoothing, frozen_stats=frozen_stats,
+        """Compiled ``step.train_step``, ``(state, batch) -> (state, metrics)`` in this wrapper's layout;
+        the state is donated."""
+        fn = functools.partial(step_lib.train_step, label_smoothing=label_smoothing, frozen_stats=frozen_stats,
                                axis_name=self.axis_name, pmean_stats=not self.sync_bn)
-        return self._wrap(fn, donate=True)
+        return self.wrap(fn, donate=True)
 
     def eval_step(self, apply_fn: Callable) -> Callable[[Any, Any], dict]:
         """Compiled ``(variables, batch) -> sums`` (see ``step.eval_step``); replicated outputs."""
-        return self._wrap(functools.partial(step_lib.eval_step, apply_fn=apply_fn, axis_name=self.axis_name),
-                          donate=False)
+        return self.wrap(functools.partial(step_lib.eval_step, apply_fn=apply_fn, axis_name=self.axis_name),
+                         donate=False)
 
-    def _wrap(self, fn: Callable, donate: bool) -> Callable:
+    def wrap(self, fn: Callable, donate: bool, replicated: int = 1) -> Callable:
+        """``fn(*replicated_args, batch)`` compiled in this layout: the first ``replicated`` arguments are
+        replicated (a state, variables), the last one is the batch, split along ``"data"``."""
         donate_argnums = (0,) if donate else ()
         if self.axis_name is None:
             return jax.jit(fn, donate_argnums=donate_argnums)
@@ -180,16 +184,6 @@ class DataParallel:
             return jax.pmap(fn, axis_name=AXIS, devices=list(self.mesh.devices.flat), donate_argnums=donate_argnums)
         # check_vma=False: pmap's semantics (no implicit psum of the gradients of replicated params;
         # the step averages them itself). With vma checking on, JAX would already sum them.
-        mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
+        mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(*(P(),) * replicated, P(AXIS)), out_specs=P(),
+                               check_vma=False)
         return jax.jit(mapped, donate_argnums=donate_argnums)
-
-
-def _train_step(state, batch, *, label_smoothing, frozen_stats, axis_name, pmean_stats):
-    """``step.train_step`` plus, without synced BatchNorm, the running statistics averaged across devices."""
-    new, metrics = step_lib.train_step(state, batch, label_smoothing=label_smoothing, axis_name=axis_name)
-    stats = new.batch_stats
-    if pmean_stats and axis_name is not None:
-        stats = jax.lax.pmean(stats, axis_name)
-    stats = step_lib.restore_frozen_stats(state.batch_stats, stats, frozen_stats)
-    return new.replace(batch_stats=stats), metrics
-

@@ -43,16 +43,17 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy in float32, optionally with label smoothing."""
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float | jax.Array = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy in float32, optionally with label smoothing (a number, or a
+    traced one: a sweep's members each have theirs; smoothing 0 gives the same targets bit for bit)."""
     logits = logits.astype(jnp.float32)
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-    if label_smoothing:
+    if not isinstance(label_smoothing, (int, float)) or label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def _correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def top_k_hits(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(top-1 hit, top-5 hit) per example, as float32."""
     k = min(5, logits.shape[-1])
     topk = jax.lax.top_k(logits, k)[1]
@@ -67,12 +68,16 @@ def restore_frozen_stats(old: Any, new: Any, frozen_stats: frozenset[str]) -> An
         lambda p, o, n: o if path_str(p) in frozen_stats else n, old, new)
 
 
-def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0,
-               axis_name: str | None = None, frozen_stats: frozenset[str] = frozenset(),
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step. ``frozen_stats``: batch_stats paths kept bit-identical (``FreezeSpec.frozen_stats``).
+def train_step(state: TrainState, batch: Batch, *, label_smoothing: float | jax.Array = 0.0,
+               axis_name: str | None = None, pmean_stats: bool = False,
+               frozen_stats: frozenset[str] = frozenset()) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step: the loss, the gradients, the new BatchNorm statistics, the update.
 
-    Metrics (means over the global batch): ``loss``, ``top1``, ``top5``.
+    ``axis_name``: per device inside ``shard_map``/``pmap``; gradients and metrics are averaged over
+    the axis, and with ``pmean_stats`` (BatchNorm not synced inside the model) so are the new running
+    statistics, so that the replicas stay identical. ``frozen_stats``: batch_stats paths kept
+    bit-identical (``FreezeSpec.frozen_stats``). Metrics (means over the global batch): ``loss``,
+    ``top1``, ``top5``. A sweep (``tl_jax.members``) maps this same function over its members.
     """
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
@@ -85,10 +90,12 @@ def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0,
         return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    top1, top5 = _correct(logits, batch["label"])
+    top1, top5 = top_k_hits(logits, batch["label"])
     metrics = {"loss": loss, "top1": top1.mean(), "top5": top5.mean()}
     if axis_name is not None:
         grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+        if pmean_stats:
+            batch_stats = jax.lax.pmean(batch_stats, axis_name)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_stats = restore_frozen_stats(state.batch_stats, batch_stats, frozen_stats)
@@ -103,7 +110,7 @@ def eval_step(variables: Any, batch: Batch, *, apply_fn: Callable, axis_name: st
     Takes the variables alone (``params``, ``batch_stats``): evaluating needs no optimizer."""
     logits = apply_fn(variables, batch["image"], train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32)).astype(jnp.float32)
-    top1, top5 = _correct(logits, batch["label"])
+    top1, top5 = top_k_hits(logits, batch["label"])
     sums = {"loss_sum": (cross_entropy(logits, batch["label"]) * mask).sum(), "correct1": (top1 * mask).sum(),
             "correct5": (top5 * mask).sum(), "count": mask.sum()}
     return jax.lax.psum(sums, axis_name) if axis_name is not None else sums

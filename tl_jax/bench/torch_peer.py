@@ -6,6 +6,12 @@ are those of the registry (``ModelConfig.torch_stages``), so ``frozen_depth`` me
 both sides. With ``dtype="bfloat16"`` the step runs under ``torch.autocast(device, torch.bfloat16)``
 on CPU as on CUDA, as tl_jax computes in bf16; with ``"float32"`` no autocast (TF32 allowed on
 CUDA; the result's ``tf32`` says so). Imports torch lazily.
+
+With ``compiled=True`` the same step's forward and loss run under ``torch.compile`` (default mode;
+AOTAutograd compiles their backward too; the optimizer step stays eager, as in most user code):
+the strongest PyTorch peer. Its warm-up, where compilation happens, is timed apart (``compile_s``);
+if compilation fails (no C++ compiler for inductor on CPU, an unsupported op), the result says so in
+``error`` instead of raising, so a benchmark run keeps its other records.
 """
 from __future__ import annotations
 
@@ -53,19 +59,22 @@ def torchvision_model(arch: str, num_classes: int = 1000) -> Any:
     """A randomly initialised torchvision ``arch`` (Inception v3 without the auxiliary head)."""
     import torchvision
 
-    config = registry.info(arch, "torchvision")
+    config = registry.model_config(arch, "torchvision")
     kw = {"aux_logits": False, "init_weights": False} if config.family == "inception" else {}
     return getattr(torchvision.models, config.arch)(weights=None, num_classes=num_classes, **kw)
 
 
 def time_torch_step(arch: str, frozen_depth: int, *, batch: int, resolution: int, steps: int, warmup: int = 3,
-                    num_classes: int = 1000, dtype: str = "bfloat16") -> dict[str, Any]:
-    """Images/s of the torchvision training step (median over ``steps`` single-step timings)."""
+                    num_classes: int = 1000, dtype: str = "bfloat16", compiled: bool = False) -> dict[str, Any]:
+    """Images/s of the torchvision training step (median over ``steps`` single-step timings after
+    ``warmup`` steps); ``compiled``: under ``torch.compile``, with the warm-up's seconds in ``compile_s``."""
     import torch
 
     if dtype not in ("bfloat16", "float32"):
         raise ValueError(f"unknown dtype {dtype!r}; choose bfloat16 or float32")
-    config = registry.info(arch, "torchvision")
+    if warmup < 1 and compiled:
+        raise ValueError("torch.compile needs warmup >= 1: the first step compiles")
+    config = registry.model_config(arch, "torchvision")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -77,16 +86,18 @@ def time_torch_step(arch: str, frozen_depth: int, *, batch: int, resolution: int
     frozen, trainable = parts[:frozen_depth], parts[frozen_depth:]
     for s in frozen:
         s.requires_grad_(False)
+        s.eval()
+    for s in trainable:
+        s.train()
     opt = torch.optim.SGD([p for s in trainable for p in s.parameters()], lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, resolution, resolution, device=dev).to(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch,), device=dev)
     autocast = dtype == "bfloat16"
+    device = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    result = {"peer": "torch_compile" if compiled else "torch", "torch": torch.__version__, "device": device,
+              "dtype": dtype, "autocast": autocast, "tf32": dev == "cuda"}
 
-    def step() -> Any:
-        for s in frozen:
-            s.eval()
-        for s in trainable:
-            s.train()
+    def forward_loss(x: Any, y: Any) -> Any:
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
             h = x
             with torch.no_grad():
@@ -94,7 +105,14 @@ def time_torch_step(arch: str, frozen_depth: int, *, batch: int, resolution: int
                     h = s(h)
             for s in trainable:
                 h = s(h)
-            loss = torch.nn.functional.cross_entropy(h.float(), y)
+            return torch.nn.functional.cross_entropy(h.float(), y)
+
+    if compiled:
+        torch.compiler.reset()  # fresh caches: earlier depths' graphs neither count against the recompile limit nor linger
+        forward_loss = torch.compile(forward_loss)
+
+    def step() -> Any:
+        loss = forward_loss(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -104,18 +122,28 @@ def time_torch_step(arch: str, frozen_depth: int, *, batch: int, resolution: int
         if dev == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(steps):
+    try:
         t = time.perf_counter()
-        step()
+        for _ in range(warmup):
+            step()
         sync()
-        times.append(time.perf_counter() - t)
+        warmup_s = time.perf_counter() - t
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t)
+    except Exception as e:  # noqa: BLE001 - inductor fails in many ways; the record says how, in one line
+        if not compiled:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return {**result, "error": f"torch.compile failed on {device}: {type(e).__name__}: {first}"}
+    finally:
+        if compiled:
+            torch.compiler.reset()
     times.sort()
     med = times[len(times) // 2]
-    return {"peer": "torch", "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "dtype": dtype,
-            "autocast": autocast, "tf32": dev == "cuda", "img_s": batch / med,
-            "step_ms": med * 1e3}
+    if compiled:
+        result.update(compile_mode="default", compile_s=warmup_s, warmup_steps=warmup)
+    return {**result, "img_s": batch / med, "step_ms": med * 1e3}

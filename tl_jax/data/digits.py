@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tl_jax.data import splits
+from tl_jax.data import shifts, splits, subset
 from tl_jax.data.pipeline import ArraySource
 
 TRAIN_FRACTION = 0.8
@@ -29,18 +29,15 @@ def upsample(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load(split: str = "train", *, classes: Sequence[int] | None = None, labels_per_class: int | None = None,
-         label_seed: int = 0, split_seed: int = 0, size: int = 32) -> ArraySource:
+         label_seed: int = 0, split_seed: int = 0, size: int = 32, shift: str = "") -> ArraySource:
     from sklearn.datasets import load_digits
 
     data = load_digits()
     images, target = data.images, data.target.astype(np.int64)
-    classes = tuple(range(10)) if classes is None else tuple(int(c) for c in classes)
-    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
-        raise ValueError(f"digits: classes must be distinct digits 0..9, got {classes}")
-    relabel = np.full(10, -1, np.int64)
-    relabel[list(classes)] = np.arange(len(classes))
-    keep = np.flatnonzero(relabel[target] >= 0)
-    order = keep[np.random.default_rng(split_seed).permutation(len(keep))]
+    names = tuple(str(c) for c in range(10))
+    index, relabelled, names = subset.keep_classes(np.arange(len(target)), target, classes or range(10), names,
+                                                   "digits")
+    order = index[np.random.default_rng(split_seed).permutation(len(index))]
 
     base, _, _ = splits.parse(split)
     n_train = int(round(TRAIN_FRACTION * len(order)))
@@ -50,18 +47,16 @@ def load(split: str = "train", *, classes: Sequence[int] | None = None, labels_p
     chosen = bases[base]
     _, lo, hi = splits.slice_range(split, len(chosen))
     chosen = chosen[lo:hi]
-
     if labels_per_class is not None:
-        rng = np.random.default_rng(label_seed)
-        picked = []
-        for c in classes:
-            of_class = chosen[target[chosen] == c]
-            if len(of_class) < labels_per_class:
-                raise ValueError(f"digits: split {split!r} has only {len(of_class)} examples of digit {c}, "
-                                 f"fewer than labels_per_class={labels_per_class}")
-            picked.append(rng.permutation(of_class)[:labels_per_class])
-        chosen = np.sort(np.concatenate(picked))
-    if len(chosen) == 0:
-        raise ValueError(f"digits: split {split!r} is empty")
-    return ArraySource("digits", upsample(images[chosen], size), relabel[target[chosen]].astype(np.int32),
-                       tuple(str(c) for c in classes), default_flip=False)
+        chosen = subset.per_class(chosen, relabelled, int(labels_per_class), int(label_seed), "digits", split)
+    return counts_source("digits", images, relabelled, chosen, names, split=split, shift=shift, size=size)
+
+
+def counts_source(name: str, counts: np.ndarray, labels: np.ndarray, index: np.ndarray, names: tuple[str, ...], *,
+                  split: str, shift: str, size: int) -> ArraySource:
+    """The examples ``index`` of 0..16 count images (digits, glyphs), shifted, as ``size``-pixel gray RGB;
+    they never flip (characters are not mirror-symmetric)."""
+    if len(index) == 0:
+        raise ValueError(f"{name}: split {split!r} is empty")
+    shown, y = shifts.apply(counts[index], labels[index], len(names), shift, index)
+    return ArraySource(name, upsample(shown, size), y, names, default_flip=False)

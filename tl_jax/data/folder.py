@@ -72,7 +72,7 @@ class FolderSource(IndexedSource):
         """One tf.data pipeline for the whole run (no restart at epoch boundaries), fed the plan
         row by row; the Python side walks its own copy of the plan in lockstep to pad and to
         name the files of a batch that fails."""
-        tf = tf_ops._tf()
+        tf = tf_ops.tf_module()
 
         def elements():
             for epoch, row in self.plan(ctx, start_step):

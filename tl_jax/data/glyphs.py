@@ -9,9 +9,12 @@ and 52 of the 62 classes are letters).
 
 Each glyph is drawn at 64x64, cropped to its ink, fitted into a 32x32 box and summed over 4x4
 blocks into 8x8 counts 0..16: the recipe that turned the UCI digits' 32x32 bitmaps into
-scikit-learn's 8x8 images, so source and target share their look but not their writers.
+scikit-learn's 8x8 images, so source and target share their look but not their writers. A finer
+``grid`` (16 or 32) fits the ink into 64x64 and sums smaller blocks, scaled to the same 0..16, for
+studies where every stage of a network should still see a spatial map.
 Splits: ``train`` is the first 90% of the rendered examples, ``test`` the rest, ``all`` both;
-slices apply on top (``train[:50%]``).
+slices apply on top (``train[:50%]``). ``classes`` keeps some characters, relabelled ``0..k-1`` in
+the given order; ``labels_per_class`` and ``shift`` (``tl_jax.data.shifts``) as for the digits.
 """
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ import functools
 import glob
 import os
 import string
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tl_jax.data import splits
-from tl_jax.data.digits import upsample
+from tl_jax.data import splits, subset
+from tl_jax.data.digits import counts_source
 from tl_jax.data.pipeline import ArraySource
 
 CHARACTERS = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -57,25 +61,34 @@ def _draw(font: ImageFont.FreeTypeFont, char: str, stroke: int) -> Image.Image:
     return img
 
 
-def coarsen(glyph: np.ndarray) -> np.ndarray:
-    """A binary glyph -> cropped to its ink -> fitted into 32x32 -> 4x4 block counts: (8, 8) uint8 0..16."""
+GRIDS = (8, 16, 32)
+
+
+def coarsen(glyph: np.ndarray, grid: int = 8) -> np.ndarray:
+    """A binary glyph -> cropped to its ink -> fitted into a box (32x32 for the 8x8 grid, else 64x64) ->
+    block counts scaled to 0..16: ``(grid, grid)`` uint8."""
+    if grid not in GRIDS:
+        raise ValueError(f"glyphs render on a grid of {GRIDS}, not {grid}")
+    box_side = 32 if grid == 8 else 64
+    block = box_side // grid
     ys, xs = np.nonzero(glyph)
     if len(ys) == 0:
-        return np.zeros((8, 8), np.uint8)
+        return np.zeros((grid, grid), np.uint8)
     ink = glyph[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     h, w = ink.shape
-    scale = 32 / max(h, w)
+    scale = box_side / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     fitted = np.asarray(Image.fromarray(ink.astype(np.uint8) * 255).resize((nw, nh), Image.BILINEAR)) > 127
-    box = np.zeros((32, 32), bool)
-    top, left = (32 - nh) // 2, (32 - nw) // 2
+    box = np.zeros((box_side, box_side), bool)
+    top, left = (box_side - nh) // 2, (box_side - nw) // 2
     box[top:top + nh, left:left + nw] = fitted
-    return box.reshape(8, 4, 8, 4).sum(axis=(1, 3)).astype(np.uint8)
+    counts = box.reshape(grid, block, grid, block).sum(axis=(1, 3))
+    return (counts * (16 // block ** 2)).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=2)
-def render(num_examples: int = NUM_EXAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(images (N, 8, 8) uint8 0..16, labels (N,) int32)``, a function of ``(num_examples, seed)`` and the fonts.
+def render(num_examples: int = NUM_EXAMPLES, seed: int = 0, grid: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, grid, grid) uint8 0..16, labels (N,) int32)``, a function of the arguments and the fonts.
 
     Each (face, character, stroke) is drawn once; examples are random affine warps of those
     drawings (rotation within 15 degrees, shear within 0.3, horizontal stretch 0.75-1.25),
@@ -101,20 +114,18 @@ def render(num_examples: int = NUM_EXAMPLES, seed: int = 0) -> tuple[np.ndarray,
         glyph = bases[face[i]][labels[i]][stroke[i]].transform(
             (_CANVAS, _CANVAS), Image.AFFINE, (inv[i, 0], inv[i, 1], shift[i, 0], inv[i, 2], inv[i, 3], shift[i, 1]),
             Image.BILINEAR)
-        return coarsen(np.asarray(glyph) > 127)
+        return coarsen(np.asarray(glyph) > 127, grid)
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         images = np.stack(list(pool.map(one, range(num_examples), chunksize=256)))
     return images, labels
 
 
-def load(split: str = "train", *, num_examples: int = NUM_EXAMPLES, data_seed: int = 0, size: int = 8,
-         classes: tuple[int, ...] | None = None, labels_per_class: int | None = None,
-         label_seed: int = 0) -> ArraySource:
-    """The glyphs of ``split`` as ``size``-pixel gray RGB images (``classes``/``labels_per_class`` as for digits)."""
-    if classes is not None or labels_per_class is not None:
-        raise ValueError("glyphs: classes and labels_per_class are digits options")
-    images, labels = render(int(num_examples), int(data_seed))
+def load(split: str = "train", *, num_examples: int = NUM_EXAMPLES, data_seed: int = 0, size: int = 8, grid: int = 8,
+         classes: Sequence[int] | None = None, labels_per_class: int | None = None, label_seed: int = 0,
+         shift: str = "") -> ArraySource:
+    """The glyphs of ``split`` as ``size``-pixel gray RGB images rendered on a ``grid``."""
+    images, labels = render(int(num_examples), int(data_seed), int(grid))
     base, _, _ = splits.parse(split)
     n_train = int(round(TRAIN_FRACTION * len(labels)))
     ranges = {"train": (0, n_train), "test": (n_train, len(labels)), "all": (0, len(labels))}
@@ -123,7 +134,11 @@ def load(split: str = "train", *, num_examples: int = NUM_EXAMPLES, data_seed: i
     lo, hi = ranges[base]
     _, a, b = splits.slice_range(split, hi - lo)
     index = np.arange(lo + a, lo + b)
-    if len(index) == 0:
-        raise ValueError(f"glyphs: split {split!r} is empty")
-    return ArraySource("glyphs", upsample(images[index], size), labels[index], tuple(CHARACTERS),
-                       default_flip=False)
+    names = tuple(CHARACTERS)
+    if classes is not None:
+        index, relabelled, names = subset.keep_classes(index, labels, classes, names, "glyphs")
+    else:
+        relabelled = labels
+    if labels_per_class is not None:
+        index = subset.per_class(index, relabelled, int(labels_per_class), int(label_seed), "glyphs", split)
+    return counts_source("glyphs", images, relabelled, index, names, split=split, shift=shift, size=size)

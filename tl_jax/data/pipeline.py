@@ -103,6 +103,10 @@ class Source(abc.ABC):
     def steps(self, ctx: Context) -> int:
         """Training: global batches per epoch. Evaluation: batches in the one pass."""
 
+    def augments(self, t: Transform) -> bool:
+        """Whether training with ``t`` changes an example's pixels from epoch to epoch."""
+        return t.train and (t.flip or t.scale[0] < 1.0)
+
     @abc.abstractmethod
     def batches(self, ctx: Context, start_step: int) -> Iterator[Batch]:
         """This process's batches from global step ``start_step`` on: endless for training."""
@@ -162,6 +166,9 @@ class ArraySource(IndexedSource):
         stacked = np.stack(out) if out else np.zeros((0, t.image_size, t.image_size, 3), np.uint8)
         return normalize(stacked, t)
 
+    def augments(self, t: Transform) -> bool:
+        return not self._as_stored(t) and super().augments(t)
+
     def _as_stored(self, t: Transform) -> bool:
         """True when the transform returns the stored image unchanged: square images already at the
         output size, and in training a crop of the whole area (the only one that fits when the aspect
@@ -208,6 +215,16 @@ class Dataset:
     def steps_per_epoch(self) -> int:
         """Training: global batches per epoch. Evaluation: batches in one exact pass."""
         return self._steps
+
+    @property
+    def random_augmentation(self) -> bool:
+        """Training batches change an example's pixels from epoch to epoch (random crop or flip)."""
+        return self.source.augments(self.ctx.transform)
+
+    @property
+    def indexed(self) -> bool:
+        """The order of examples is ``epoch_order``'s (a source read by index, not sequentially)."""
+        return isinstance(self.source, IndexedSource)
 
     def batches(self, start_step: int = 0) -> Iterator[Batch]:
         """Batches from global step ``start_step`` on (the same batches a run from step 0 sees there)."""

@@ -30,6 +30,9 @@ class SyntheticSource(IndexedSource):
         self.labels = split_rng.integers(0, num_classes, self.num_examples).astype(np.int32)
         self._normalized: dict[object, np.ndarray] = {}
 
+    def augments(self, t) -> bool:
+        return False     # the images are made at the output size: no crop, no flip
+
     def batches(self, ctx: Context, start_step: int) -> Iterator[Batch]:
         t = ctx.transform
         if t not in self._normalized:

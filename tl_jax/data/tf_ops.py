@@ -1,6 +1,6 @@
 """TensorFlow side of the pipeline: decode, random-resized crop, flip, resize + center crop.
 
-TensorFlow is imported lazily (``_tf()``), only when a source that needs it is iterated, and
+TensorFlow is imported lazily (``tf_module()``), only when a source that needs it is iterated, and
 is hidden from every GPU so that it never takes accelerator memory from JAX.
 
 Randomness is stateless: the crop and flip of an example are functions of
@@ -39,7 +39,7 @@ def _load_triton_first() -> None:
         pass
 
 
-def _tf():
+def tf_module():
     """TensorFlow, imported once and kept off every GPU.
 
     Its import prints C++ INFO lines (oneDNN notices, twice) before its logging can be configured;
@@ -62,8 +62,8 @@ def _tf():
     return _TF
 
 
-def _tfds():
-    _tf()
+def tfds_module():
+    tf_module()
     with _quiet_stderr():
         import tensorflow_datasets as tfds
 
@@ -72,7 +72,7 @@ def _tfds():
 
 def example_key(seed: int, epoch: Any, index: Any) -> Any:
     """The stateless seed of one example: fold (seed, epoch) with the example's index."""
-    tf = _tf()
+    tf = tf_module()
     base = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
     return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
 
@@ -84,7 +84,7 @@ _DCT = "INTEGER_ACCURATE"
 
 def decode(data: Any) -> Any:
     """Encoded JPEG / PNG / GIF / BMP bytes -> uint8 RGB ``(H, W, 3)``; JPEGs decoded as PIL does."""
-    tf = _tf()
+    tf = tf_module()
     return tf.cond(tf.io.is_jpeg(data), lambda: tf.io.decode_jpeg(data, channels=3, dct_method=_DCT),
                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
 
@@ -95,7 +95,7 @@ def _crop_window(shape: Any, key: Any, t: Any) -> Any:
     TF's sampler (10 attempts, the whole image as fallback) stands in for torchvision's
     ``RandomResizedCrop.get_params`` (which falls back to a ratio-clamped center crop).
     """
-    tf = _tf()
+    tf = tf_module()
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=key, min_object_covered=0.0,
         aspect_ratio_range=t.ratio, area_range=t.scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
@@ -104,7 +104,7 @@ def _crop_window(shape: Any, key: Any, t: Any) -> Any:
 
 def _finish(image: Any, t: Any) -> Any:
     """Resized float image (0..255) -> rounded like a uint8 image, then normalised per ``t``."""
-    tf = _tf()
+    tf = tf_module()
     x = tf.clip_by_value(tf.round(image), 0.0, 255.0)
     if t.bgr:
         x = x[..., ::-1]
@@ -113,7 +113,7 @@ def _finish(image: Any, t: Any) -> Any:
 
 def train_image(data: Any, key: Any, t: Any) -> Any:
     """Encoded bytes -> random-resized crop (decoding only the window for JPEG) -> flip -> normalise."""
-    tf = _tf()
+    tf = tf_module()
     crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
 
     def jpeg():
@@ -139,7 +139,7 @@ def eval_image(data: Any, t: Any) -> Any:
     The geometry is torchvision's ``Resize(int)`` + ``CenterCrop`` (``tl_jax.preprocess``):
     the long side is truncated, the crop offset rounds half to even like Python's ``round``.
     """
-    tf = _tf()
+    tf = tf_module()
     img = decode(data)
     h, w = tf.shape(img)[0], tf.shape(img)[1]
     short, long = tf.minimum(h, w), tf.maximum(h, w)
@@ -155,7 +155,7 @@ def eval_image(data: Any, t: Any) -> Any:
 
 def example_fn(t: Any, seed: int, read_files: bool = False):
     """``(bytes or path, label, epoch, index) -> (image, label)`` for ``Dataset.map``."""
-    tf = _tf()
+    tf = tf_module()
 
     def fn(data, label, epoch, index):
         if read_files:
@@ -171,7 +171,7 @@ def example_fn(t: Any, seed: int, read_files: bool = False):
 
 def options(num_threads: int) -> Any:
     """Deterministic tf.data options with a private pool of ``num_threads`` threads."""
-    tf = _tf()
+    tf = tf_module()
     opts = tf.data.Options()
     opts.deterministic = True
     opts.threading.private_threadpool_size = num_threads
@@ -197,7 +197,7 @@ def decode_errors(paths: list[str], num_threads: int) -> dict[str, str]:
     warnings ("Corrupt JPEG data: ...") go to the C stderr; they are silenced here because the
     reason is returned.
     """
-    tf = _tf()
+    tf = tf_module()
 
     def check(i, path):
         data = tf.io.read_file(path)

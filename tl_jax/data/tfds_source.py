@@ -59,7 +59,7 @@ def _not_prepared_message(name: str, builder: Any) -> str:
 
 def builder(name: str, data_dir: str | None = None) -> Any:
     """The prepared TFDS builder of ``name``, or a clear error within seconds."""
-    tfds = tf_ops._tfds()
+    tfds = tf_ops.tfds_module()
     try:
         b = tfds.builder(name, data_dir=data_dir or None)
     except tfds.core.DatasetNotFoundError:
@@ -101,7 +101,7 @@ class TFDSSource(Source):
 
     def __init__(self, name: str, split: str, *, data_dir: str | None = None, image_key: str | None = None,
                  label_key: str | None = None, shuffle_buffer: int = 4096):
-        tfds = tf_ops._tfds()
+        tfds = tf_ops.tfds_module()
         self._builder = builder(name, data_dir)
         features = self._builder.info.features
         self.image_key = _pick(features, tfds.features.Image, "image", "image", image_key, name)
@@ -114,12 +114,12 @@ class TFDSSource(Source):
 
     @functools.cached_property
     def _decoders(self) -> Any:
-        tfds = tf_ops._tfds()
+        tfds = tf_ops.tfds_module()
         return tfds.decode.PartialDecoding({self.image_key: True, self.label_key: True},
                                            decoders={self.image_key: tfds.decode.SkipDecoding()})
 
     def _read(self, split: Any, ctx: Context | None = None, shuffle_seed: int | None = None) -> Any:
-        tfds = tf_ops._tfds()
+        tfds = tf_ops.tfds_module()
         config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
                                  options=tf_ops.options(ctx.num_threads) if ctx else None)
         ds = self._builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, decoders=self._decoders,
@@ -136,7 +136,7 @@ class TFDSSource(Source):
         return self._sizes[key]
 
     def _shards(self, ctx: Context) -> list[Any]:
-        tfds = tf_ops._tfds()
+        tfds = tf_ops.tfds_module()
         if ctx.process_count == 1:
             return [self.split]
         return tfds.even_splits(self.split, n=ctx.process_count, drop_remainder=ctx.train)
@@ -174,13 +174,13 @@ class TFDSSource(Source):
             yield make_batch(images, labels, ctx)
 
     def _eval_elements(self, ctx: Context, first_step: int) -> Any:
-        tf = tf_ops._tf()
+        tf = tf_ops.tf_module()
         ds = self._read(self._shard(ctx), ctx).skip(first_step * ctx.local_batch_size)
         return ds.map(lambda data, label: (data, label, tf.constant(0, tf.int64), tf.constant(0, tf.int64)))
 
     def _epoch_elements(self, ctx: Context, ds: Any, epoch: Any) -> Any:
         """An epoch's first ``steps * L`` shuffled examples as ``(bytes, label, epoch, key)``."""
-        tf = tf_ops._tf()
+        tf = tf_ops.tf_module()
         p, count = ctx.process_index, ctx.process_count
         ds = ds.take(self.steps(ctx) * ctx.local_batch_size).enumerate()
         return ds.map(lambda pos, x: (x[0], x[1], tf.cast(epoch, tf.int64), pos * count + p))
@@ -188,7 +188,7 @@ class TFDSSource(Source):
     def _buffered_epochs(self, ctx: Context, epoch: int, first_step: int) -> Any:
         """The shard fits the shuffle buffer: every epoch a full shuffle seeded by ``(seed, epoch)``,
         all epochs in one pipeline (no restart every few steps on small datasets)."""
-        tf = tf_ops._tf()
+        tf = tf_ops.tf_module()
         shard = self._shard(ctx)
         base, n = self._read(shard, ctx), self._size(shard)
 

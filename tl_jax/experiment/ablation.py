@@ -7,11 +7,13 @@ re-running the same command after a crash (or with more seeds or depths) only do
 missing. Like ``train``, it refuses a run directory that holds another config: changing the
 recipe needs a new WORKDIR.
 
-Variants: ``depth<k>`` for each frozen depth, ``scratch`` (same architecture, random
-initialisation, everything trains), and ``probe_cache`` (every backbone stage frozen, on
-cached features: ``tl_jax.experiment.probe``). Outputs: ``ablation.csv`` and ``ablation.json`` (one
-row per variant: mean and spread over seeds of the best eval top-1, trainable parameters,
-steady-state throughput, wall time) and ``ablation.png``.
+Variants: ``depth<k>`` for each frozen depth, ``only_<stage>`` for each single trainable stage
+(surgical fine-tuning: that stage trains, every other one is frozen), and ``scratch`` (same
+architecture, random initialisation, everything trains). With ``activation_cache`` every variant
+trains from its frozen prefix's cached activations where that is exact
+(``tl_jax.experiment.activations``). Outputs: ``ablation.csv`` and ``ablation.json`` (one row per
+variant: mean and spread over seeds of the best eval top-1, trainable parameters, steady-state
+throughput, wall time) and ``ablation.png``.
 
 With ``sweep`` (fields and values, ``tl_jax.experiment.sweep``) each variant is one sweep in
 ``WORKDIR/runs/<variant>_sweep`` instead of one run per seed: its row is its best member (by best
@@ -21,13 +23,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import statistics
 from typing import Any, Callable, Sequence
 
-from tl_jax.experiment import run, sweep as sweep_exp
+from tl_jax.experiment import run, sweep
 from tl_jax.experiment.config import ConfigError, override
+from tl_jax.experiment.rundir import RunDir, write_json
 from tl_jax.experiment.setup import weights_metadata
 
 RUNS = "runs"
@@ -36,15 +38,18 @@ RUNS = "runs"
 @dataclasses.dataclass(frozen=True)
 class Variant:
     name: str                     # run-directory prefix and table label
-    depth: int                    # resolved frozen depth (0 for scratch)
+    depth: int                    # where it sits on the plot: the frozen depth, or the trained stage's index
     overrides: tuple = ()         # (dotted field, value) pairs applied to the base config
     note: str = ""
+    kind: str = "depth"           # depth | surgical | scratch
 
 
 def parse_list(text: str | Sequence[int] | None, everything: Sequence[int]) -> list[int]:
-    """``"all"``/None -> everything; ``"0,2,4"`` -> [0, 2, 4]; ``-1`` means the last."""
+    """``"all"``/None -> everything; ``"none"`` -> nothing; ``"0,2,4"`` -> [0, 2, 4]; ``-1`` means the last."""
     if text is None or text == "all" or text == "":
         return list(everything)
+    if text == "none":
+        return []
     try:
         items = [int(x) for x in text.split(",")] if isinstance(text, str) else [int(x) for x in text]
     except ValueError:
@@ -57,21 +62,25 @@ def parse_list(text: str | Sequence[int] | None, everything: Sequence[int]) -> l
     return out
 
 
-def variants(config: Any, depths: str | Sequence[int] | None = "all", *, scratch: bool = False,
-             probe_cache: bool = False) -> list[Variant]:
-    """The runs of an ablation of ``config``: each frozen depth, optionally from scratch and the cached probe."""
+def variants(config: Any, depths: str | Sequence[int] | None = "all", *, surgical: bool = False,
+             scratch: bool = False, activation_cache: bool = False) -> list[Variant]:
+    """The runs of an ablation of ``config``: each frozen depth, optionally each single trainable stage
+    (surgical) and training from scratch; ``activation_cache`` for every one of them."""
     meta = weights_metadata(config)
     stages = meta["stage_names"]
     full = len(stages) - 1
-    out = [Variant(f"depth{d}", d, (("freeze.frozen_depth", d), ("feature_cache", False)),
+    def plain(cached: bool) -> tuple:      # the base config's other freezing undone; the cache where it can apply
+        return (("freeze.frozen_depth", 0), ("freeze.trainable_stages", ()), ("freeze.schedule", ()),
+                ("freeze.lp_ft_steps", 0), ("freeze.unfreeze_every_steps", 0),
+                ("activation_cache", activation_cache and cached))
+    out = [Variant(f"depth{d}", d, (*plain(d > 0), ("freeze.frozen_depth", d)),
                    "+".join(stages[:d]) if d else "full fine-tune") for d in parse_list(depths, range(full + 1))]
-    if probe_cache:
-        out.append(Variant("probe_cache", full, (("freeze.frozen_depth", full), ("feature_cache", True)),
-                           "head on cached features"))
+    if surgical:
+        out += [Variant(f"only_{s}", i, (*plain(i > 0), ("freeze.trainable_stages", (s,))), f"only {s} trains",
+                        "surgical") for i, s in enumerate(stages)]
     if scratch:
-        out.append(Variant("scratch", 0, (("weights", ""), ("model.arch", meta["arch"]),
-                                          ("model.source", meta["source"]), ("freeze.frozen_depth", 0),
-                                          ("feature_cache", False)), "random init, all trainable"))
+        out.append(Variant("scratch", 0, (*plain(False), ("weights", ""), ("model.arch", meta["arch"]),
+                                          ("model.source", meta["source"])), "random init, all trainable", "scratch"))
     return out
 
 
@@ -91,14 +100,14 @@ def run_all(config: Any, workdir: str, runs: Sequence[Variant], seeds: Sequence[
     for v in runs:
         for seed in seeds:
             d = run_dir(workdir, v, seed)
-            finished = run.read_result(d) is not None
+            finished = RunDir(d, {}).result() is not None
             log(f"[ablation] {v.name} seed {seed}: " + ("finished earlier" if finished else f"training in {d}"))
             cfg = override(config, {**dict(v.overrides), "seed": int(seed)})
             res = train_fn(cfg, d, progress=progress, echo=echo)
             if not res.get("finished"):
                 raise RuntimeError(f"run {d} did not finish: {res}")
             results.append({**res, "variant": v.name, "seed": int(seed), "depth": v.depth, "note": v.note,
-                            "workdir": d})
+                            "kind": v.kind, "workdir": d})
     return results
 
 
@@ -125,7 +134,8 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         best = [r["best_eval_top1"] for r in g if r.get("best_eval_top1") is not None]
         final = [r["final_eval_top1"] for r in g if r.get("final_eval_top1") is not None]
         rows.append({
-            "variant": name, "depth": g[0]["depth"], "note": g[0]["note"], "seeds": [r["seed"] for r in g],
+            "variant": name, "kind": g[0].get("kind", "depth"), "depth": g[0]["depth"], "note": g[0]["note"],
+            "seeds": [r["seed"] for r in g],
             "best_top1_mean": _mean(best), "best_top1_std": _spread(best) if best else None,
             "best_top1_min": min(best) if best else None, "best_top1_max": max(best) if best else None,
             "final_top1_mean": _mean(final), "final_top1_std": _spread(final) if final else None,
@@ -137,7 +147,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-CSV_FIELDS = ("variant", "depth", "note", "seeds", "best_top1_mean", "best_top1_std", "best_top1_min",
+CSV_FIELDS = ("variant", "kind", "depth", "note", "seeds", "best_top1_mean", "best_top1_std", "best_top1_min",
               "best_top1_max", "final_top1_mean", "final_top1_std", "trainable_params", "frozen_params",
               "steps_per_s", "images_per_s", "wall_s")
 
@@ -148,16 +158,14 @@ def run_sweeps(config: Any, workdir: str, runs: Sequence[Variant], fields: dict[
     its best member, as ``run_all`` gives; every sweep's summary)."""
     results, sweeps = [], []
     for v in runs:
-        if v.name == "probe_cache":
-            raise ConfigError("a sweep trains end to end: drop --probe_cache (cached features) or --sweep")
         d = os.path.join(workdir, RUNS, f"{v.name}_sweep")
-        log(f"[ablation] {v.name}: sweep of {len(sweep_exp.members(fields))} members in {d}")
-        summary = sweep_exp.run(override(config, dict(v.overrides)), d, fields, echo=False)
+        log(f"[ablation] {v.name}: sweep of {len(sweep.member_values(fields))} members in {d}")
+        summary = sweep.run(override(config, dict(v.overrides)), d, fields, echo=False)
         if not summary.get("finished"):
             raise RuntimeError(f"sweep {d} did not finish: {summary}")
         best = max(summary["members"], key=lambda m: -1.0 if m["best_eval_top1"] is None else m["best_eval_top1"])
         chosen = ", ".join(f"{f}={best[f]}" for f in summary["swept"])
-        results.append({"variant": v.name, "seed": int(best.get("seed", config.seed)), "depth": v.depth,
+        results.append({"variant": v.name, "kind": v.kind, "seed": int(best.get("seed", config.seed)), "depth": v.depth,
                         "note": f"{v.note}; best of {summary['num_members']}: {chosen}",
                         "best_eval_top1": best["best_eval_top1"], "final_eval_top1": best["final_eval_top1"],
                         "trainable_params": summary["trainable_params_per_member"],
@@ -177,9 +185,8 @@ def write_outputs(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, An
         w.writeheader()
         for r in rows:
             w.writerow({k: " ".join(map(str, r[k])) if k == "seeds" else r[k] for k in CSV_FIELDS})
-    with open(paths["json"], "w") as f:
-        json.dump({"title": title, "rows": list(rows), "runs": list(results), **(extra or {})}, f, indent=2)
     plot(rows, paths["png"], title)
+    write_json(paths["json"], {"title": title, "rows": list(rows), "runs": list(results), **(extra or {})})
     return paths
 
 
@@ -190,8 +197,9 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    depth_rows = [r for r in rows if r["variant"].startswith("depth")]
-    extra = [r for r in rows if not r["variant"].startswith("depth")]
+    depth_rows = [r for r in rows if r.get("kind", "depth") == "depth"]
+    surgical = [r for r in rows if r.get("kind") == "surgical"]
+    extra = [r for r in rows if r.get("kind") == "scratch"]
     x = sorted({r["depth"] for r in rows})
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     panels = [("best_top1_mean", "best eval top-1", False), ("trainable_params", "trainable parameters", True),
@@ -205,14 +213,13 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
             ax.errorbar(dx, y, yerr=[lo, hi], marker="o", capsize=3, label="pretrained, frozen prefix")
         else:
             ax.plot(dx, y, marker="o", label="pretrained, frozen prefix")
-        for i, r in enumerate(extra):
-            if r[key] is None:
-                continue
-            if r["variant"] == "scratch":  # no frozen depth: a reference level
-                ax.axhline(r[key], color=f"C{i + 1}", linestyle="--", label=r["variant"])
-            else:
-                ax.plot([r["depth"]], [r[key]], marker="s", linestyle="none", color=f"C{i + 1}", label=r["variant"])
-        ax.set_xlabel("frozen depth (stages frozen)")
+        if surgical:   # x: the index of the one stage that trains
+            ax.plot([r["depth"] for r in surgical], [r[key] if r[key] is not None else float("nan") for r in surgical],
+                    marker="s", linestyle=":", color="C1", label="only stage x trains (surgical)")
+        for r in extra:   # no frozen depth: a reference level
+            if r[key] is not None:
+                ax.axhline(r[key], color="C2", linestyle="--", label=r["variant"])
+        ax.set_xlabel("frozen depth (stages frozen); surgical: index of the trained stage")
         ax.set_ylabel(label)
         ax.set_xticks(x)
         if log and any(v > 0 for v in y if v == v):   # a log axis needs a positive value (NaN != NaN)
@@ -243,15 +250,15 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def ablate(config: Any, workdir: str, *, depths: str | Sequence[int] | None = "all", seeds: Sequence[int] = (0,),
-           scratch: bool = False, probe_cache: bool = False, title: str | None = None,
+           surgical: bool = False, scratch: bool = False, activation_cache: bool = False, title: str | None = None,
            progress: bool | None = None, log: Callable[[str], None] = print,
-           sweep: dict[str, list] | None = None) -> tuple[list[dict], dict[str, str]]:
-    """Run (or finish) the ablation and write its outputs; returns (rows, output paths). With ``sweep``
+           sweep_fields: dict[str, list] | None = None) -> tuple[list[dict], dict[str, str]]:
+    """Run (or finish) the ablation and write its outputs; returns (rows, output paths). With ``sweep_fields``
     every variant is a sweep of those fields (``seeds`` unused: sweep ``seed`` instead)."""
-    runs = variants(config, depths, scratch=scratch, probe_cache=probe_cache)
+    runs = variants(config, depths, surgical=surgical, scratch=scratch, activation_cache=activation_cache)
     extra = None
-    if sweep:
-        results, sweeps = run_sweeps(config, workdir, runs, sweep, log=log)
+    if sweep_fields:
+        results, sweeps = run_sweeps(config, workdir, runs, sweep_fields, log=log)
         extra = {"sweeps": sweeps}
     else:
         results = run_all(config, workdir, runs, seeds, progress=progress, log=log)

@@ -1,8 +1,8 @@
-"""Configs: loading with overrides, hints for misspelt fields, (de)serialising, checking a restart.
+"""Configs: loading with overrides, hints for misspelt fields, (de)serialising.
 
-Also the names of the files of a run directory ("workdir"), which every module of
-``tl_jax.experiment`` reads or writes. ml_collections is imported where a ConfigDict is made,
-so that scripts without configs (the benchmarks) run where it is not installed.
+ml_collections is imported where a ConfigDict is made, so that scripts without configs (the
+benchmarks) run where it is not installed. A run directory compares its config on restart
+(``tl_jax.experiment.rundir``).
 """
 from __future__ import annotations
 
@@ -12,13 +12,6 @@ import importlib.util
 import json
 import os
 from typing import Any, Mapping
-
-CONFIG, RUN, METRICS, RESULT = "config.json", "run.json", "metrics.jsonl", "result.json"
-CHECKPOINTS, TENSORBOARD = "checkpoints", "tensorboard"
-# Fields that may change when a run is restarted: they do not change what is trained.
-RESTART_MUTABLE = ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
-                   "data.data_dir", "data.skip_corrupt", "tensorboard")
-
 
 class ConfigError(ValueError):
     """A config (file, field or value) that no run can use: a usage error, reported in one line."""
@@ -100,13 +93,3 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def check_same(old: Mapping[str, Any], new: Mapping[str, Any], workdir: str) -> None:
-    """Refuse to continue a run directory with a config that changes what is trained."""
-    a, b = flatten(old), flatten(new)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESTART_MUTABLE)
-    if diff:
-        changes = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
-        raise ConfigError(f"{workdir} holds a run with another config ({changes}); continuing it would mix two "
-                          f"experiments: use a new --workdir, or delete {workdir} to start over")

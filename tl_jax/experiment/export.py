@@ -9,12 +9,11 @@ import os
 from typing import Any
 
 from tl_jax.experiment import restore
-from tl_jax.experiment.config import RUN
-from tl_jax.experiment.run import read_json
+from tl_jax.experiment.rundir import RUN, read_json
 from tl_jax.weights import export, store
 
 
-def export_weights(path: str, to: str, output: str, checkpoint: str | int = "latest", *,
+def export_run(path: str, to: str, output: str, checkpoint: str | int = "latest", *,
                    overwrite: bool = False) -> dict[str, Any]:
     """Write the weights of ``path`` (a run directory of ``scripts/train.py``, or a directory that
     ``convert_weights.py`` / ``save_pretrained`` wrote) as ``to`` (torchvision | safetensors | keras)

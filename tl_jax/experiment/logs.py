@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import tqdm
 
-from tl_jax.experiment.config import METRICS, TENSORBOARD
+from tl_jax.experiment.rundir import METRICS, TENSORBOARD
 from tl_jax.loop import JsonlLogger
 
 

@@ -4,9 +4,10 @@
    the run directory caches it, a re-run skips it.
 2. Save it with ``save_pretrained``, the format ``scripts/convert_weights.py`` writes for ImageNet
    weights, so the transfer half loads it exactly as it would load published weights.
-3. For each labels-per-class setting, train on the handwritten digits at every frozen depth, as a
-   linear probe on cached features and from scratch with the same budget (the ablation machinery,
-   ``tl_jax.experiment.ablation``), each evaluated on the same held-out 80% of the digits.
+3. For each labels-per-class setting, train on the handwritten digits at every frozen depth (the
+   frozen prefix computed once, from cached activations) and from scratch with the same budget (the
+   ablation machinery, ``tl_jax.experiment.ablation``), each evaluated on the same held-out 80% of
+   the digits.
 4. Probe every stage of the pretrained backbone with a closed-form ridge classifier
    (``tl_jax.experiment.stage_probe``) and compare its ranking of the stages with the ablation's.
 5. Write ``summary.json`` (one record per setting and variant), ``transfer_curve.png`` (top-1 against
@@ -18,7 +19,6 @@ too, marked as chosen on the evaluation images (an oracle, for reading the ablat
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -28,6 +28,7 @@ import jax
 
 from tl_jax.experiment import ablation, restore, run, stage_probe
 from tl_jax.experiment.config import load_config, override
+from tl_jax.experiment.rundir import write_json
 
 PRETRAIN, STORE, PROBE = "pretrain", "pretrained_resnet18_glyphs", "stage_probe"
 SHOTS = (1, 3, 10)
@@ -56,12 +57,12 @@ def run_quickstart(config_file: str, workdir: str, *, seeds: Sequence[int] = (0,
     log(f"2/4 saved as pretrained weights: {store}")
 
     log(f"3/4 transfer to handwritten digits with {', '.join(map(str, shots))} labels per class, every frozen "
-        f"depth, the cached-feature probe and from scratch, seeds {', '.join(map(str, seeds))} ...")
+        f"depth and from scratch, seeds {', '.join(map(str, seeds))} ...")
     records, by_shots = [], {}
     for k in shots:
         config = override(load_config(config_file), {**(overrides or {}), "weights": store,
                                                      "data.labels_per_class": int(k)})
-        variants = ablation.variants(config, depths, scratch=True, probe_cache=True)
+        variants = ablation.variants(config, depths, scratch=True, activation_cache=bool(config.activation_cache))
         results = ablation.run_all(config, os.path.join(workdir, f"labels{k}"), variants, seeds, progress=progress,
                                    log=lambda m: log(f"    [{k} labels/class] " + m.removeprefix("[ablation] ")))
         by_shots[k] = results
@@ -74,8 +75,7 @@ def run_quickstart(config_file: str, workdir: str, *, seeds: Sequence[int] = (0,
     summary = {"records": records, "probe": _probe_vs_ablation(probe, records, shots),
                "pretrain": {k: pre[k] for k in ("final_eval_top1", "num_steps", "wall_s", "images_per_s")},
                "seeds": list(seeds), "shots": list(shots), "wall_s": round(time.time() - t0, 1)}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(workdir, "summary.json"), summary)
     plot_curve(records, os.path.join(workdir, "transfer_curve.png"))
     plot_depths(records, os.path.join(workdir, "frozen_depth.png"))
     return summary
@@ -149,7 +149,7 @@ def plot_curve(records: Sequence[dict[str, Any]], path: str) -> None:
     pick = {"full fine-tune (pretrained)": variant("depth0"),
             "best frozen depth (chosen on eval: oracle)": lambda rs: max(
                 (r for r in rs if r["variant"].startswith("depth")), key=lambda r: r["top1_mean"], default=None),
-            "linear probe on cached features": variant("probe_cache"),
+            "linear probe (only the head trains)": variant("depth5"),
             "from scratch, same budget": variant("scratch")}
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for (label, choose), style in zip(pick.items(), ("o-", "^:", "s--", "x-")):
@@ -181,9 +181,7 @@ def plot_depths(records: Sequence[dict[str, Any]], path: str) -> None:
                     label=f"{k} label{'s' if k != 1 else ''}/class")
         scratch = next(r for r in rs if r["variant"] == "scratch")
         ax.axhline(100 * scratch["top1_mean"], color=color, linestyle="--", linewidth=1)
-        probe = next(r for r in rs if r["variant"] == "probe_cache")
-        ax.plot([probe["frozen_depth"]], [100 * probe["top1_mean"]], marker="s", color=color, linestyle="none")
-    _save(fig, ax, path, "frozen depth (0: full fine-tune; 5: only the head trains; square: cached-feature probe)",
+    _save(fig, ax, path, "frozen depth (0: full fine-tune; 5: only the head trains)",
           "top-1 on held-out digits (%)", "frozen-depth ablation (dashed: from scratch)")
 
 

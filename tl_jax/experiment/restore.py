@@ -18,8 +18,8 @@ from PIL import Image
 
 from tl_jax import loop, preprocess
 from tl_jax.checkpoint import Checkpointer
-from tl_jax.experiment.config import CHECKPOINTS, CONFIG, RUN, from_dict, load_config, override
-from tl_jax.experiment.run import read_json
+from tl_jax.experiment.config import from_dict, load_config, override
+from tl_jax.experiment.rundir import CHECKPOINTS, CONFIG, RUN, read_json
 from tl_jax.experiment.setup import make_data
 from tl_jax.models import registry
 from tl_jax.models.init import variables_template
@@ -83,7 +83,7 @@ def evaluate_run(workdir: str, checkpoint: str | int = "latest", *, split: str |
     if data.num_classes != r.info["num_classes"]:
         raise ValueError(f"{data.name} {split!r} has {data.num_classes} classes, the model {r.info['num_classes']}")
     dp = DataParallel("none")
-    metrics = loop.evaluate(dp, dp.eval_step(r.model.apply), r.variables, lambda: data.batches(0))
+    metrics = loop.evaluate_batches(dp, dp.eval_step(r.model.apply), r.variables, lambda: data.batches(0))
     return {"workdir": os.path.abspath(workdir), "checkpoint_step": r.step, "source": data.name, "split": split,
             **{k: metrics[k] for k in ("loss", "top1", "top5", "count")}}
 
@@ -111,8 +111,8 @@ def evaluate_weights(weights: str, source: str, split: str, *, batch_size: int =
         raise ValueError(f"{data.name} orders its synsets differently from the weights (class {first} is "
                          f"{names[first]}, the standard sorted order has {sorted(names)[first]})")
     dp = DataParallel("none")
-    metrics = loop.evaluate(dp, dp.eval_step(model.apply), variables, lambda: data.batches(0))
-    info = registry.info(meta["arch"], meta["source"])
+    metrics = loop.evaluate_batches(dp, dp.eval_step(model.apply), variables, lambda: data.batches(0))
+    info = registry.model_config(meta["arch"], meta["source"])
     published = info.weights_for(meta.get("weights")) if meta.get("weights") in info.tags else None
     return {"weights": os.path.abspath(weights), "arch": meta["arch"], "source": meta["source"],
             "tag": meta.get("weights"), "data": data.name, "split": split,

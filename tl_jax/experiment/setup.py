@@ -18,6 +18,7 @@ from tl_jax.experiment.config import ConfigError, override
 from tl_jax.freeze import FreezeSpec
 from tl_jax.models import registry
 from tl_jax.models.init import init_variables
+from tl_jax.models.reinit import reinit_stages
 from tl_jax.optim import OptimConfig
 from tl_jax.parallel import KINDS, DataParallel
 from tl_jax.weights import store
@@ -52,6 +53,8 @@ def prepare(config: Any) -> Experiment:
         raise ValueError(f"the eval split {config.data.eval_split!r} has {eval_data.num_classes} classes, "
                          f"the train split {classes}")
     model, variables = build_model(config, metadata, classes)
+    if str(config.freeze.reinit_from):
+        variables = reinit_variables(config, metadata, model, variables)
     _checked(lambda: spec.check(variables["params"]))
     dp = DataParallel(config.parallel, sync_bn=bool(config.sync_bn))
     for field in ("batch_size", "eval_batch_size"):
@@ -75,7 +78,10 @@ def prepare(config: Any) -> Experiment:
         "num_classes": classes, "class_names": list(train_data.class_names),
         "weights": os.path.abspath(config.weights) if config.weights else "",
         "weights_tag": metadata.get("weights"), "model_kwargs": dict(metadata.get("model_kwargs") or {}),
-        "frozen_depth": spec.frozen_depth, "frozen_stages": list(metadata["stage_names"][:spec.frozen_depth]),
+        "frozen_depth": spec.prefix_depth, "frozen_stages": list(spec.frozen_stages),
+        "freeze_phases": [{"start": p.start, "frozen_stages": list(p.frozen), "learning_rate": p.learning_rate}
+                          for p in spec.phases] if spec.changes else None,
+        "reinit_from": str(config.freeze.reinit_from) or None, "fold_frozen_bn": bool(config.model.fold_frozen_bn),
         "num_train_examples": train_data.num_examples,
         "num_eval_examples": eval_data.num_examples if eval_data is not None else 0,
         "batch_size": int(config.batch_size), "steps_per_epoch": spe, "num_steps": total,
@@ -86,8 +92,7 @@ def prepare(config: Any) -> Experiment:
 
 def optim_config(config: Any, spec: FreezeSpec, steps_per_epoch: int) -> OptimConfig:
     """``config.optim`` resolved: the head-only peak learning rate where only the head trains, warmup in steps."""
-    head_only = spec.frozen_depth == len(spec.stage_names) - 1 and not spec.unfreeze_every
-    lr = config.optim.head_only_learning_rate if head_only and config.optim.head_only_learning_rate > 0 \
+    lr = config.optim.head_only_learning_rate if spec.head_only and config.optim.head_only_learning_rate > 0 \
         else config.optim.learning_rate
     return OptimConfig.from_config(config.optim, learning_rate=float(lr),
                                    warmup_steps=int(round(config.optim.warmup_epochs * steps_per_epoch)))
@@ -112,7 +117,8 @@ def validate(config: Any, stage_names: Sequence[str] | None = None) -> None:
     if config.parallel not in KINDS:
         raise ConfigError(f"parallel {config.parallel!r} is not one of {', '.join(KINDS)}")
     checks = {"batch_size >= 1": config.batch_size >= 1, "eval_batch_size >= 0": config.eval_batch_size >= 0,
-              "feature_cache_views >= 1": config.feature_cache_views >= 1,
+              "activation_cache_views >= 1": config.activation_cache_views >= 1,
+              "activation_cache_max_gb > 0": config.activation_cache_max_gb > 0,
               "num_epochs or num_steps > 0": config.num_epochs > 0 or config.num_steps > 0,
               "log_every_steps >= 1": config.log_every_steps >= 1,
               "checkpoint_every_steps >= 0": config.checkpoint_every_steps >= 0,
@@ -122,7 +128,7 @@ def validate(config: Any, stage_names: Sequence[str] | None = None) -> None:
     if bad:
         raise ConfigError(f"config values out of range: need {', '.join(bad)}")
     if not config.weights:
-        _checked(lambda: registry.info(config.model.arch, config.model.source))
+        _checked(lambda: registry.model_config(config.model.arch, config.model.source))
     if stage_names is not None:
         _checked(lambda: FreezeSpec.from_config(config.freeze, stage_names))
 
@@ -167,6 +173,10 @@ def data_options(config: Any, role: str = "train") -> dict[str, Any]:
         opts["label_seed"] = data_seed(config) if int(d.label_seed) < 0 else int(d.label_seed)
     if d.source == "glyphs" and d.num_examples:
         opts["num_examples"] = int(d.num_examples)
+    if d.source == "glyphs" and int(d.glyph_grid) != 8:
+        opts["grid"] = int(d.glyph_grid)
+    if d.shift:
+        opts["shift"] = str(d.shift)
     return opts
 
 
@@ -188,6 +198,7 @@ def make_data(config: Any, metadata: Mapping[str, Any], split: str, *, train: bo
                             preprocessing=metadata["preprocessing"], image_size=image_size(config, metadata),
                             resize_size=int(config.data.resize_size) or None,
                             scale=(float(config.data.min_crop_area), 1.0), seed=data_seed(config),
+                            flip=None if config.data.random_flip else False,
                             **data_options(config, role or ("train" if train else "eval")))
     except UnreadableImagesError as e:
         raise UnreadableImagesError(e.root, e.failures, hint="--config.data.skip_corrupt=True") from None
@@ -209,14 +220,25 @@ def weights_metadata(config: Any) -> dict[str, Any]:
 
 def build_model(config: Any, metadata: Mapping[str, Any], num_classes: int) -> tuple[Any, dict[str, Any]]:
     """(model, variables): the converted weights with a fresh ``num_classes`` head, or a random init."""
-    dtype = compute_dtype(config)
+    dtype, fold = compute_dtype(config), bool(config.model.fold_frozen_bn)
     if config.weights:
-        model, variables, _ = store.load_pretrained(config.weights, num_classes, int(config.seed), dtype=dtype)
+        model, variables, _ = store.load_pretrained(config.weights, num_classes, int(config.seed), dtype=dtype,
+                                                    fold_frozen_bn=fold)
     else:
         model = registry.create(metadata["arch"], metadata["source"], num_classes=num_classes, dtype=dtype,
-                                **(metadata.get("model_kwargs") or {}))
+                                fold_frozen_bn=fold, **(metadata.get("model_kwargs") or {}))
         variables = init_variables(model, image_size(config, metadata), int(config.seed))
     if config.model.head_init == "zeros":  # every class starts equally likely, whatever the feature scale
         head = {k: np.zeros_like(v) for k, v in variables["params"]["head"].items()}
         variables = {**variables, "params": {**variables["params"], "head": head}}
     return model, variables
+
+
+def reinit_variables(config: Any, metadata: Mapping[str, Any], model: Any, variables: Mapping[str, Any]) -> dict:
+    """``freeze.reinit_from``: that stage and every later one (head included) freshly initialised from
+    the run's seed with the source framework's own initialisers (``tl_jax.models.reinit``)."""
+    first = config.freeze.reinit_from
+    first = int(first) if isinstance(first, int) or str(first).lstrip("-").isdigit() else str(first)
+    family = registry.model_config(metadata["arch"], metadata["source"]).family
+    return _checked(lambda: reinit_stages(dict(variables), family=family, source=metadata["source"],
+                                          stage_names=model.stage_names, first=first, seed=int(config.seed)))

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from tl_jax.data import make_dataset
+from tl_jax.experiment.rundir import write_json
 from tl_jax.weights import store
 
 LAMBDAS = tuple(10.0 ** k for k in range(-3, 4))     # times the number of labelled examples
@@ -164,9 +165,8 @@ def probe_stages(weights: str, source: str, *, train_split: str = "train", eval_
               "extract_s": round(extract_s, 3), "probe_s": round(time.perf_counter() - t0, 3)}
     if output:
         os.makedirs(output, exist_ok=True)
-        with open(os.path.join(output, "probe.json"), "w") as f:
-            json.dump(report, f, indent=2)
         plot(report, os.path.join(output, "probe.png"))
+        write_json(os.path.join(output, "probe.json"), report)
     return report
 
 

@@ -18,29 +18,25 @@ stack; the same command resumes from the latest, after a crash or SIGKILL) and, 
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
-import json
 import math
 import os
 import time
 from typing import Any, Mapping, Sequence
 
-import jax
-
-from tl_jax import loop, sweep as sweep_lib
-from tl_jax.experiment.config import (CONFIG, METRICS, ConfigError, check_same, field_hint, has_field, override,
-                                      to_dict)
-from tl_jax.experiment.lock import WorkdirLock
+from tl_jax import loop, members
+from tl_jax.experiment.config import ConfigError, field_hint, has_field, override, to_dict
 from tl_jax.experiment.logs import read_metrics, total_wall_time
+from tl_jax.experiment.rundir import METRICS, RunDir, write_json
 from tl_jax.experiment.setup import build_model, data_seed, optim_config, prepare, validate
 
 # field -> type of its values
 SWEEPABLE = {"optim.learning_rate": float, "optim.head_only_learning_rate": float, "optim.weight_decay": float,
              "optim.momentum": float, "label_smoothing": float, "seed": int}
-GRAPH_FIELDS = ("weights", "model.arch", "model.source", "model.dtype", "freeze.frozen_depth", "freeze.patterns",
-                "freeze.unfreeze_every_steps", "freeze.unfreeze_until", "batch_size", "eval_batch_size",
+GRAPH_FIELDS = ("weights", "model.arch", "model.source", "model.dtype", "model.fold_frozen_bn", "freeze.frozen_depth",
+                "freeze.trainable_stages", "freeze.schedule", "freeze.lp_ft_steps", "freeze.reinit_from",
+                "freeze.patterns", "freeze.unfreeze_every_steps", "freeze.unfreeze_until", "batch_size", "eval_batch_size",
                 "data.image_size", "data.resize_size", "data.source", "data.classes", "data.num_classes",
                 "optim.name", "optim.schedule", "num_steps", "num_epochs", "parallel")
 PLAN, SUMMARY = "sweep_plan.json", "sweep.json"
@@ -76,7 +72,7 @@ def parse(specs: Sequence[str], config: Any) -> Fields:
     return fields
 
 
-def members(fields: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+def member_values(fields: Mapping[str, Sequence]) -> list[dict[str, Any]]:
     """The Cartesian product, the first field varying slowest."""
     names = list(fields)
     return [dict(zip(names, combo)) for combo in itertools.product(*(fields[n] for n in names))]
@@ -89,19 +85,19 @@ def member_config(config: Any, values: Mapping[str, Any]) -> Any:
 
 def member_overrides(config: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     extra = {"data.seed": data_seed(config)} if "seed" in values else {}
-    return {**values, **extra, "feature_cache": False}
+    return {**values, **extra, "activation_cache": False}
 
 
 def build(config: Any, fields: Mapping[str, Sequence], *, batching: str = "vmap",
-          shard_members: bool = False) -> tuple[Any, sweep_lib.Sweep, list[dict[str, Any]]]:
-    """(the first member's ``Experiment``, the ``tl_jax.sweep.Sweep``, each member's values)."""
-    values = members(fields)
+          shard_members: bool = False) -> tuple[Any, members.Sweep, list[dict[str, Any]]]:
+    """(the first member's ``Experiment``, the ``tl_jax.members.Sweep``, each member's values)."""
+    values = member_values(fields)
     configs = [member_config(config, v) for v in values]
     for c in configs:
         validate(c)
     exp = prepare(configs[0])
     spec = exp.setup.freeze
-    if "seed" in fields and not config.weights and spec.frozen_depth > 0:
+    if "seed" in fields and not config.weights and spec.prefix_depth > 0:
         raise ConfigError("--sweep seed from a random initialisation (weights='') changes the frozen stages too: "
                           "sweep seeds at frozen depth 0, or from pretrained weights")
     by_seed = {int(configs[0].seed): exp.setup.variables}
@@ -109,71 +105,59 @@ def build(config: Any, fields: Mapping[str, Sequence], *, batching: str = "vmap"
     for c in configs:
         if int(c.seed) not in by_seed:
             by_seed[int(c.seed)] = build_model(c, exp.metadata, exp.info["num_classes"])[1]
-        out.append(sweep_lib.Member(optim_config(c, spec, exp.train_data.steps_per_epoch), float(c.label_smoothing),
-                                    int(c.seed), by_seed[int(c.seed)]))
-    return exp, sweep_lib.Sweep(exp.setup, tuple(out), batching=batching, shard_members=shard_members), values
+        out.append(members.Member(optim_config(c, spec, exp.train_data.steps_per_epoch), float(c.label_smoothing),
+                                  int(c.seed), by_seed[int(c.seed)]))
+    return exp, members.Sweep(exp.setup, tuple(out), batching=batching, shard_members=shard_members), values
 
 
 def run(config: Any, workdir: str, fields: Mapping[str, Sequence], *, batching: str = "vmap",
         shard_members: bool = False, stop_at_step: int | None = None, echo: bool = True) -> dict[str, Any]:
     """Train (or resume, or report) the sweep in ``workdir``; returns ``sweep.json``'s content
     (``{"finished": False, "step": ...}`` after ``stop_at_step``)."""
-    workdir = os.path.abspath(workdir)
-    cfg = to_dict(config)
     plan = {"fields": [[k, list(v)] for k, v in fields.items()]}   # a list: the order fixes the members' order
-    if os.path.isfile(os.path.join(workdir, CONFIG)):
-        check_same(_read(os.path.join(workdir, CONFIG)), cfg, workdir)
-    if os.path.isfile(os.path.join(workdir, PLAN)) and _read(os.path.join(workdir, PLAN)) != plan:
-        raise ConfigError(f"{workdir} holds a sweep of other values ({_read(os.path.join(workdir, PLAN))['fields']}); "
-                          f"use a new --workdir, or delete {workdir} to start over")
-    if os.path.isfile(os.path.join(workdir, SUMMARY)):
-        done = _read(os.path.join(workdir, SUMMARY))
-        if echo:
-            print(f"{workdir} is finished:\n{format_table(done)}", flush=True)
+    rd = RunDir(workdir, to_dict(config), result_file=SUMMARY, plan=plan, plan_file=PLAN)
+    done = rd.begin((lambda d: "\n" + format_table(d)) if echo else None)
+    if done is not None:
         return done
     session = time.time()
-    lead = jax.process_index() == 0
-    if lead:
-        WorkdirLock(workdir).check()     # refuse a held workdir in seconds, before building anything
     exp, sw, values = build(config, fields, batching=batching, shard_members=shard_members)
-    with WorkdirLock(workdir) if lead else contextlib.nullcontext():
-        _write(os.path.join(workdir, CONFIG), cfg)
-        _write(os.path.join(workdir, PLAN), plan)
-        jsonl = loop.JsonlLogger(os.path.join(workdir, METRICS))
+    with rd.writing():
+        jsonl = loop.JsonlLogger(rd.file(METRICS))
 
         def log(record: dict[str, Any]) -> None:
             jsonl({**record, "time": round(time.time(), 3)})
             if echo and record.get("split") == "eval":
                 print(f"[sweep] step {record['step']}: eval top-1 " +
-                      " ".join(f"{100 * t:.1f}" for t in record["top1"]), flush=True)
-        res = sweep_lib.fit(sw, workdir, log=log, stop_at_step=stop_at_step)
+                      " ".join("dropped" if t is None else f"{100 * t:.1f}" for t in record["top1"]), flush=True)
+        res = members.fit(sw, rd.path, log=log, stop_at_step=stop_at_step)
         if res.step < sw.setup.num_steps:
             return {"finished": False, "step": res.step, "num_steps": sw.setup.num_steps}
-        summary = summarize(config, exp, sw, values, fields, res, read_metrics(workdir), session)
-        write_outputs(summary, workdir)
+        summary = summarize(config, exp, sw, values, fields, res, read_metrics(rd.path), session)
+        write_outputs(summary, rd.path)
     if echo:
         print(format_table(summary), flush=True)
     return summary
 
 
-def summarize(config: Any, exp: Any, sw: sweep_lib.Sweep, values: Sequence[Mapping[str, Any]],
-              fields: Mapping[str, Sequence], res: sweep_lib.SweepResult, records: Sequence[Mapping[str, Any]],
+def summarize(config: Any, exp: Any, sw: members.Sweep, values: Sequence[Mapping[str, Any]],
+              fields: Mapping[str, Sequence], res: members.SweepResult, records: Sequence[Mapping[str, Any]],
               session_start: float) -> dict[str, Any]:
     """sweep.json: one row per member (values, final and best eval top-1, final train loss)."""
     evals = {r["step"]: r for r in records if r.get("split") == "eval" and r["step"] <= res.step}  # last wins
     train = [r for r in records if r.get("split") == "train" and r["step"] <= res.step]
     rows = []
     for i, v in enumerate(values):
-        history = {s: r["top1"][i] for s, r in evals.items()}
+        history = {s: r["top1"][i] for s, r in evals.items() if r["top1"][i] is not None}
         best_step = max(history, key=lambda s: (history[s], -s)) if history else None
         final = res.final_evals[i] if res.final_evals else None
         loss = train[-1]["loss"][i] if train else None
+        dropped = i in res.dropped
         rows.append({"member": i, **{f: v[f] for f in fields},
                      "final_eval_top1": final["top1"] if final else None,
                      "final_eval_loss": final["loss"] if final else None,
                      "eval_count": final["count"] if final else None,
                      "best_eval_top1": history[best_step] if history else None, "best_eval_step": best_step,
-                     "final_train_loss": loss, "diverged": loss is not None and not math.isfinite(loss),
+                     "final_train_loss": loss, "diverged": dropped or (loss is not None and not math.isfinite(loss)),
                      "learning_rate": sw.members[i].optim.learning_rate,
                      "overrides": member_overrides(config, v)})
     sps = res.steps_per_s
@@ -200,7 +184,7 @@ def write_outputs(summary: Mapping[str, Any], workdir: str) -> dict[str, str]:
         w.writeheader()
         w.writerows(summary["members"])
     plot(summary, paths["png"])
-    _write(paths["json"], summary)
+    write_json(paths["json"], summary)
     return paths
 
 
@@ -245,21 +229,5 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _read(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write(path: str, obj: Any) -> None:
-    if jax.process_index() != 0:
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-__all__ = ["GRAPH_FIELDS", "SWEEPABLE", "build", "format_table", "member_config", "member_overrides", "members",
+__all__ = ["GRAPH_FIELDS", "SWEEPABLE", "build", "format_table", "member_config", "member_overrides", "member_values",
            "parse", "plot", "run", "summarize", "write_outputs"]

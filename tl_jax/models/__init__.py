@@ -1,4 +1,4 @@
 """Flax linen ports of torchvision and Keras ImageNet classifiers."""
-from tl_jax.models.registry import ModelConfig, available, create, info
+from tl_jax.models.registry import ModelConfig, available, create, model_config
 
-__all__ = ["ModelConfig", "available", "create", "info"]
+__all__ = ["ModelConfig", "available", "create", "model_config"]

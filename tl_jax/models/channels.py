@@ -9,13 +9,9 @@ output at the same scale for inputs of the same statistics. Every other weight i
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-
-# The first convolution's kernel (HWIO) of each family, as a path into ``params``.
-FIRST_CONV = {"resnet": ("stem", "conv1", "kernel"), "vgg": ("block1", "conv1", "kernel"),
-              "inception": ("stem", "Conv2d_1a_3x3", "conv", "kernel")}
 
 
 def adapt_input_conv(kernel: np.ndarray, in_channels: int) -> np.ndarray:
@@ -35,9 +31,12 @@ def adapt_input_conv(kernel: np.ndarray, in_channels: int) -> np.ndarray:
     return out.astype(kernel.dtype)
 
 
-def adapt_variables(variables: Mapping[str, Any], family: str, in_channels: int) -> dict[str, Any]:
-    """``variables`` with the first convolution adapted to ``in_channels``; nothing else is copied."""
-    path = FIRST_CONV[family]
+def adapt_variables(variables: Mapping[str, Any], first_conv: Sequence[str], in_channels: int) -> dict[str, Any]:
+    """``variables`` with the first convolution adapted to ``in_channels``; nothing else is copied.
+
+    ``first_conv`` is the kernel's path into ``params``: the family's (``registry.model_config(...).first_conv``).
+    """
+    path = tuple(first_conv)
 
     def replace(tree: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         key, rest = keys[0], keys[1:]

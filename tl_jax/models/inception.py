@@ -17,7 +17,6 @@ so the weight maps stay declarative. torchvision's train-time auxiliary classifi
 """
 from __future__ import annotations
 
-import collections
 import functools
 from typing import Any
 
@@ -25,8 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tl_jax.models import layers
+from tl_jax.models import layers, staged
 from tl_jax.models.layers import ModuleDef
+from tl_jax.models.staged import Staged, StageMode
 from tl_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 # The mixed blocks in forward order after the stem: (stage, torchvision block kind, block arguments).
@@ -58,21 +58,23 @@ class _BasicConv(nn.Module):
     padding: int | tuple[int, int]
     conv: ModuleDef
     norm: ModuleDef
+    fold: bool
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(self.features, self.kernel, self.stride, self.padding, name="conv")(x)
-        return nn.relu(self.norm(name="bn")(x))
+        conv = self.conv(self.features, self.kernel, self.stride, self.padding, name="conv")
+        return nn.relu(layers.conv_bn(x, conv, self.norm(name="bn"), self.fold))
 
 
 class _Units(nn.Module):
     """Base of the stem and the blocks: the stage's conv and BatchNorm settings."""
     conv: ModuleDef
     norm: ModuleDef
+    fold: bool   # BatchNorm folded into the convolutions (frozen or evaluating)
 
     def basic(self, name: str, x: jax.Array, features: int, kernel: int | tuple[int, int],
               stride: int = 1, padding: int | tuple[int, int] = 0) -> jax.Array:
-        return _BasicConv(features, kernel, stride, padding, self.conv, self.norm, name=name)(x)
+        return _BasicConv(features, kernel, stride, padding, self.conv, self.norm, self.fold, name=name)(x)
 
 
 class _Stem(_Units):
@@ -180,79 +182,63 @@ class _InceptionE(_Block):
 BLOCKS = {"A": _InceptionA, "B": _InceptionB, "C": _InceptionC, "D": _InceptionD, "E": _InceptionE}
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(Staged):
     """Inception-V3 on NHWC preprocessed input (299x299; at least 75x75).
 
-    Attributes:
+    Attributes (with those of :class:`~tl_jax.models.staged.Staged`: num_classes, frozen_stages, ...):
       variant: ``"torchvision"`` or ``"keras"``.
-      num_classes: logits of the head; ``None`` builds no head (features only).
-      frozen_depth: the first ``frozen_depth`` stages run BatchNorm on running
-        averages and the gradient stops at their output.
-      bn_axis_name: mesh axis over which trainable BatchNorm averages batch statistics.
       dropout_rate: dropout before the head in training; ``None`` = the source's
         (torchvision 0.5, Keras 0.0: Keras InceptionV3 has no dropout).
       transform_input: torchvision only: re-normalise an ImageNet-normalised input
         to [-1, 1] inside the model, as the published torchvision weights expect.
         Ignored by the Keras variant (use :func:`inception_v3`, which refuses it).
-      in_channels: input channels (3: RGB); pretrained weights adapt with ``tl_jax.models.channels``.
     """
     variant: str = "torchvision"
-    num_classes: int | None = 1000
-    frozen_depth: int = 0
-    bn_axis_name: str | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     dropout_rate: float | None = None
     transform_input: bool = True
-    in_channels: int = 3
 
     stage_names = STAGE_NAMES
 
-    @nn.nowrap
-    def for_training(self, frozen_depth: int, bn_axis_name: str | None) -> InceptionV3:
-        """What the training loop runs: ``frozen_depth`` stages frozen, BatchNorm averaged over ``bn_axis_name``."""
-        return self.clone(frozen_depth=frozen_depth, bn_axis_name=bn_axis_name)
-
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False,
-                 return_stages: bool = False) -> Any:
-        """Logits; pooled features with ``return_features`` (no head); with ``return_stages`` an
-        OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
+    def __call__(self, x: jax.Array, train: bool = False, *, stop_at: str | None = None,
+                 return_features: bool = False, return_stages: bool = False) -> Any:
+        """Logits, or what ``stop_at`` / ``return_features`` / ``return_stages`` ask for (``tl_jax.models.staged``)."""
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown Inception-V3 variant {self.variant!r}; choose one of {VARIANTS}")
-        layers.check_channels(x, self.in_channels)
-        if self.variant == "torchvision" and self.transform_input:
-            if self.in_channels != 3:
-                raise ValueError(f"transform_input re-normalises RGB input; with in_channels={self.in_channels} "
-                                 "pass transform_input=False and normalise each channel yourself")
-            # torchvision ``Inception3._transform_input``: x_imagenet * std / 0.5 + (mean - 0.5) / 0.5.
-            scale = jnp.asarray([s / 0.5 for s in IMAGENET_STD], x.dtype)
-            shift = jnp.asarray([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)
-            x = x * scale + shift
         conv = functools.partial(layers.conv, dtype=self.dtype, param_dtype=self.param_dtype)
 
-        def norm(stage: int) -> ModuleDef:
-            _, use_running_average = layers.stage_flags(stage, self.frozen_depth, train)
-            return functools.partial(layers.batch_norm, use_running_average=use_running_average, epsilon=_EPS,
+        def norm(mode: StageMode) -> ModuleDef:
+            return functools.partial(layers.batch_norm, use_running_average=mode.running_average, epsilon=_EPS,
                                      use_scale=self.variant == "torchvision", axis_name=self.bn_axis_name,
                                      dtype=self.dtype, param_dtype=self.param_dtype)
 
-        stages = collections.OrderedDict()
-        x = _Stem(conv, norm(0), name="stem")(x.astype(self.dtype))
-        x = stages["stem"] = layers.freeze_boundary(x, 0, self.frozen_depth)
-        count_include_pad = self.variant == "torchvision"
-        for i, (stage, kind, kwargs) in enumerate(MIXED, start=1):
-            block = BLOCKS[kind](conv, norm(i), count_include_pad=count_include_pad, name=stage, **kwargs)
-            x = stages[stage] = layers.freeze_boundary(block(x), i, self.frozen_depth)
-        features = layers.global_avg_pool(x).astype(jnp.float32)
-        if return_features or self.num_classes is None:
-            return stages if return_stages else features
-        head_frozen, _ = layers.stage_flags(len(STAGE_NAMES) - 1, self.frozen_depth, train)
-        rate = _DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
-        if rate > 0:
-            features = nn.Dropout(rate, deterministic=head_frozen or not train, name="dropout")(features)
-        logits = layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
-        return collections.OrderedDict(stages, head=logits) if return_stages else logits
+        def stem(x: jax.Array, mode: StageMode) -> jax.Array:
+            layers.check_channels(x, self.in_channels)
+            if self.variant == "torchvision" and self.transform_input:
+                if self.in_channels != 3:
+                    raise ValueError(f"transform_input re-normalises RGB input; with in_channels={self.in_channels} "
+                                     "pass transform_input=False and normalise each channel yourself")
+                # torchvision ``Inception3._transform_input``: x_imagenet * std / 0.5 + (mean - 0.5) / 0.5.
+                scale = jnp.asarray([s / 0.5 for s in IMAGENET_STD], x.dtype)
+                shift = jnp.asarray([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)
+                x = x * scale + shift
+            return _Stem(conv, norm(mode), mode.fold, name="stem")(x.astype(self.dtype))
+
+        def mixed(stage: str, kind: str, kwargs: dict[str, Any]):
+            def apply(x: jax.Array, mode: StageMode) -> jax.Array:
+                return BLOCKS[kind](conv, norm(mode), mode.fold, count_include_pad=self.variant == "torchvision",
+                                    name=stage, **kwargs)(x.astype(self.dtype))
+            return apply
+
+        def head(features: jax.Array, mode: StageMode) -> jax.Array:
+            rate = _DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
+            if rate > 0:
+                features = nn.Dropout(rate, deterministic=mode.deterministic, name="dropout")(features)
+            return layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(features)
+
+        backbone = [("stem", stem)] + [(stage, mixed(stage, kind, kwargs)) for stage, kind, kwargs in MIXED]
+        return staged.run(self, x, train, backbone, lambda y: layers.global_avg_pool(y).astype(jnp.float32), head,
+                          stop_at=stop_at, return_features=return_features, return_stages=return_stages)
 
 
 def inception_v3(variant: str = "torchvision", **kwargs: Any) -> InceptionV3:

@@ -13,7 +13,6 @@ input of a head) are block5's output averaged over space (Keras ``pooling="avg"`
 """
 from __future__ import annotations
 
-import collections
 import functools
 from typing import Any, Sequence
 
@@ -21,8 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tl_jax.models import layers
+from tl_jax.models import layers, staged
 from tl_jax.models.layers import ModuleDef
+from tl_jax.models.staged import Staged, StageMode
 
 STAGE_NAMES = ("block1", "block2", "block3", "block4", "block5", "classifier", "head")
 CONV_STAGE_NAMES = STAGE_NAMES[:5] + ("head",)   # include_classifier=False
@@ -40,22 +40,21 @@ class _Block(nn.Module):
     features: int
     conv: ModuleDef
     norm: ModuleDef | None  # None: plain VGG, no BatchNorm
+    fold: bool              # BatchNorm folded into the convolutions (frozen or evaluating)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(1, self.num_convs + 1):
-            x = self.conv(self.features, 3, 1, 1, name=f"conv{i}")(x)
-            if self.norm is not None:
-                x = self.norm(name=f"bn{i}")(x)
-            x = nn.relu(x)
+            norm = self.norm(name=f"bn{i}") if self.norm is not None else None
+            x = nn.relu(layers.conv_bn(x, self.conv(self.features, 3, 1, 1, name=f"conv{i}"), norm, self.fold))
         return layers.max_pool(x, 2, 2)
 
 
 class _Classifier(nn.Module):
     """[adaptive 7x7 average pool,] flatten NHWC, fc6 + ReLU + dropout, fc7 + ReLU.
 
-    The dropout after fc7 belongs to this stage too but is applied by the caller
-    on the way to the head, so the returned features are the fc7 activations.
+    The dropout after fc7 belongs to this stage too but is applied on the way to the head, so the
+    returned features are the fc7 activations.
     """
     adaptive_pool: bool  # torchvision only; Keras' fc6 fixes the input size instead
     dense: ModuleDef
@@ -69,77 +68,66 @@ class _Classifier(nn.Module):
         return nn.relu(self.dense(4096, name="fc7")(self.dropout()(x)))
 
 
-class VGG(nn.Module):
+class VGG(Staged):
     """VGG on NHWC preprocessed input.
 
-    Attributes:
+    Attributes (with those of :class:`~tl_jax.models.staged.Staged`: num_classes, frozen_stages, ...):
       block_convs: convolutions in each of the five blocks.
       batch_norm: BatchNorm after every conv (torchvision ``vgg*_bn``).
       variant: ``"torchvision"`` (adaptive 7x7 pool before fc6) or ``"keras"``.
       dropout_rate: dropout after fc6 and fc7 in training while ``classifier``
         is not frozen; ``None`` takes the source's own (torchvision 0.5, Keras 0).
-      num_classes: logits of the head; ``None`` builds no head (features only).
       include_classifier: ``False``: no fc6/fc7 (Keras ``include_top=False`` weights); the
         features are block5 average-pooled, and the stages are :data:`CONV_STAGE_NAMES`.
-      frozen_depth: the first ``frozen_depth`` stages run BatchNorm on running
-        averages, apply no dropout, and the gradient stops at their output.
-      bn_axis_name: mesh axis over which trainable BatchNorm averages batch statistics.
-      in_channels: input channels (3: RGB); pretrained weights adapt with ``tl_jax.models.channels``.
     """
     block_convs: Sequence[int]
     batch_norm: bool = False
     variant: str = "torchvision"
     dropout_rate: float | None = None
-    num_classes: int | None = 1000
     include_classifier: bool = True
-    frozen_depth: int = 0
-    bn_axis_name: str | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    in_channels: int = 3
 
     @property
     def stage_names(self) -> tuple[str, ...]:
         return STAGE_NAMES if self.include_classifier else CONV_STAGE_NAMES
 
-    @nn.nowrap
-    def for_training(self, frozen_depth: int, bn_axis_name: str | None) -> VGG:
-        """What the training loop runs: ``frozen_depth`` stages frozen, BatchNorm averaged over ``bn_axis_name``."""
-        return self.clone(frozen_depth=frozen_depth, bn_axis_name=bn_axis_name)
-
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False,
-                 return_stages: bool = False) -> Any:
-        """Logits; fc7 features with ``return_features`` (no head); with ``return_stages`` an
-        OrderedDict (its order survives ``jax.jit``) of every stage's output, ``"head"`` = logits."""
+    def __call__(self, x: jax.Array, train: bool = False, *, stop_at: str | None = None,
+                 return_features: bool = False, return_stages: bool = False) -> Any:
+        """Logits, or what ``stop_at`` / ``return_features`` / ``return_stages`` ask for (``tl_jax.models.staged``)."""
         if self.variant not in DEFAULT_DROPOUT:
             raise ValueError(f"unknown VGG variant {self.variant!r}; choose one of {tuple(DEFAULT_DROPOUT)}")
-        layers.check_channels(x, self.in_channels)
         conv = functools.partial(layers.conv, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
-        stages = collections.OrderedDict()
-        x = x.astype(self.dtype)
-        for i, (n, feat) in enumerate(zip(self.block_convs, BLOCK_FEATURES)):
-            _, use_running_average = layers.stage_flags(i, self.frozen_depth, train)
-            norm = functools.partial(layers.batch_norm, use_running_average=use_running_average, epsilon=_BN_EPS,
-                                     axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
-            x = _Block(n, feat, conv, norm if self.batch_norm else None, name=f"block{i + 1}")(x)
-            x = stages[f"block{i + 1}"] = layers.freeze_boundary(x, i, self.frozen_depth)
-        frozen, _ = layers.stage_flags(5, self.frozen_depth, train)
         rate = DEFAULT_DROPOUT[self.variant] if self.dropout_rate is None else self.dropout_rate
-        dropout = functools.partial(nn.Dropout, rate, deterministic=frozen or not train)
-        if self.include_classifier:
+        # fc6's and fc7's dropout belongs to the classifier stage: off where that stage is frozen.
+        classifier_mode = self.stage_mode("classifier", train)
+        dropout = functools.partial(nn.Dropout, rate if self.include_classifier else 0.0,
+                                    deterministic=classifier_mode.deterministic)
+
+        def block(i: int, num_convs: int, features: int):
+            def apply(x: jax.Array, mode: StageMode) -> jax.Array:
+                if i == 1:
+                    layers.check_channels(x, self.in_channels)
+                norm = functools.partial(layers.batch_norm, use_running_average=mode.running_average,
+                                         epsilon=_BN_EPS, axis_name=self.bn_axis_name, dtype=self.dtype,
+                                         param_dtype=self.param_dtype) if self.batch_norm else None
+                return _Block(num_convs, features, conv, norm, mode.fold, name=f"block{i}")(x.astype(self.dtype))
+            return apply
+
+        def classifier(x: jax.Array, mode: StageMode) -> jax.Array:
             dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-            x = _Classifier(self.variant == "torchvision", dense, dropout, name="classifier")(x)
-            x = stages["classifier"] = layers.freeze_boundary(x, 5, self.frozen_depth)
+            return _Classifier(self.variant == "torchvision", dense, dropout, name="classifier")(x.astype(self.dtype))
+
+        def head(features: jax.Array, mode: StageMode) -> jax.Array:
+            return layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)(dropout()(features))
+
+        backbone = [(f"block{i}", block(i, n, f)) for i, (n, f) in enumerate(zip(self.block_convs, BLOCK_FEATURES), 1)]
+        if self.include_classifier:
+            backbone.append(("classifier", classifier))
+            pool = lambda y: y.astype(jnp.float32)  # noqa: E731  (fc7's activations are the features)
         else:
-            x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-            dropout = functools.partial(nn.Dropout, 0.0, deterministic=True)
-        features = x.astype(jnp.float32)
-        if return_features or self.num_classes is None:
-            return stages if return_stages else features
-        head = layers.classifier(self.num_classes, name="head", param_dtype=self.param_dtype)
-        logits = head(dropout()(features))
-        return collections.OrderedDict(stages, head=logits) if return_stages else logits
+            pool = lambda y: jnp.mean(y.astype(jnp.float32), axis=(1, 2))  # noqa: E731
+        return staged.run(self, x, train, backbone, pool, head, stop_at=stop_at, return_features=return_features,
+                          return_stages=return_stages)
 
 
 def vgg(depth: int, batch_norm: bool = False, variant: str = "torchvision", **kwargs: Any) -> VGG:

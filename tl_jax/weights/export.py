@@ -36,12 +36,12 @@ def target_config(arch: str, source: str, to: str, model_kwargs: Mapping[str, An
     if to not in TARGETS:
         raise ExportError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
     framework = TARGETS[to][0]
-    own = registry.info(arch, source)
+    own = registry.model_config(arch, source)
     if model_kwargs:
         raise ExportError(f"{arch} ({source}) built with {dict(model_kwargs)} has no {framework} layout; "
                           "export a model with the published architecture")
     try:
-        target = registry.info(own.arch, framework)
+        target = registry.model_config(own.arch, framework)
     except ValueError:
         others = sorted(t for t, (fw, _) in TARGETS.items() if _same_arch(own, fw))
         raise ExportError(f"{framework} publishes no {own.arch}: {own.arch} ({source}) has no {framework} layout"
@@ -54,13 +54,13 @@ def target_config(arch: str, source: str, to: str, model_kwargs: Mapping[str, An
     return target
 
 
-def _arch_args(info: registry.ModelConfig) -> dict[str, Any]:
-    return {k: v for k, v in info.kwargs if k not in _NO_WEIGHTS}
+def _arch_args(model_cfg: registry.ModelConfig) -> dict[str, Any]:
+    return {k: v for k, v in model_cfg.kwargs if k not in _NO_WEIGHTS}
 
 
 def _same_arch(own: registry.ModelConfig, framework: str) -> bool:
     try:
-        return _arch_args(registry.info(own.arch, framework)) == _arch_args(own)
+        return _arch_args(registry.model_config(own.arch, framework)) == _arch_args(own)
     except ValueError:
         return False
 
@@ -92,7 +92,7 @@ def torchvision_state_dict(arch: str, source: str, variables: Mapping[str, Any])
 
 def framework_model(arch: str, source: str, to: str, num_classes: int) -> dict[str, Any]:
     """How to build the model that loads the file: the call and its keyword arguments."""
-    own = registry.info(arch, source)
+    own = registry.model_config(arch, source)
     if TARGETS[to][0] == "keras":
         kwargs = {"weights": None, "classes": num_classes, "classifier_activation": None}
         return {"call": f"keras.applications.{KERAS_APPS[own.arch]}", "kwargs": kwargs}
@@ -130,10 +130,10 @@ def export_variables(arch: str, source: str, variables: Mapping[str, Any], to: s
     placed = False
     try:
         write(tmp)
-        info = {**dict(metadata), "arch": registry.info(arch, source).arch, "source": source, "target": to,
-                "num_classes": num_classes, "file": output.name, "sha256": sha256_file(tmp),
-                "framework_model": framework_model(arch, source, to, num_classes)}
-        tmp_side.write_text(json.dumps(info, indent=2) + "\n")
+        sidecar = {**dict(metadata), "arch": registry.model_config(arch, source).arch, "source": source,
+                   "target": to, "num_classes": num_classes, "file": output.name, "sha256": sha256_file(tmp),
+                   "framework_model": framework_model(arch, source, to, num_classes)}
+        tmp_side.write_text(json.dumps(sidecar, indent=2) + "\n")
         os.replace(tmp, output)
         placed = True
         os.replace(tmp_side, side)
@@ -141,7 +141,7 @@ def export_variables(arch: str, source: str, variables: Mapping[str, Any], to: s
         for path in (tmp, tmp_side) + ((output,) if placed else ()):
             path.unlink(missing_ok=True)
         raise
-    return info
+    return sidecar
 
 
 def export_weights(directory: str | os.PathLike, to: str, output: str | os.PathLike, *,

@@ -35,40 +35,40 @@ def build(arch: str, num_classes: int, input_size: int | None = None) -> Any:
                                                         classifier_activation=None, input_shape=shape)
 
 
-def keras_input_size(info: registry.ModelConfig, variables: Mapping[str, Any]) -> int | None:
+def keras_input_size(model_cfg: registry.ModelConfig, variables: Mapping[str, Any]) -> int | None:
     """Keras' VGG fixes its input size through fc6 (flattened NHWC): read it back from fc6's rows."""
-    if info.family != "vgg":
+    if model_cfg.family != "vgg":
         return None
     rows = variables["params"]["classifier"]["fc6"]["kernel"].shape[0]
     return 32 * math.isqrt(rows // 512)
 
 
-def fill(model: Any, info: registry.ModelConfig, variables: Mapping[str, Any]) -> None:
+def fill(model: Any, model_cfg: registry.ModelConfig, variables: Mapping[str, Any]) -> None:
     """Set every weight of the Keras ``model`` from ``variables`` by the converter's table."""
-    fam = maps.family(info.family)
+    fam = maps.family(model_cfg.family)
     slots = {f"{layer.name}/{w.name}": w for layer in model.layers for w in layer.weights}
     canonical = fam.keras_canonical_names({name: name for name in slots})
-    entries, unmatched = convert.apply_rules(canonical, fam.keras_rules(info))
+    entries, unmatched = convert.apply_rules(canonical, fam.keras_rules(model_cfg))
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(variables)).items()}
     used = {"/".join(p) for p in entries}
     missing = sorted(set(flat) - used)
     unfilled = list(unmatched) + [str(orig) for p, (_, orig) in entries.items() if "/".join(p) not in flat]
     if missing or unfilled:
-        raise ExportError(f"{info.arch} to keras: variables without a Keras weight: {missing[:5]}; "
+        raise ExportError(f"{model_cfg.arch} to keras: variables without a Keras weight: {missing[:5]}; "
                           f"Keras weights without a variable: {unfilled[:5]}")
-    transforms = {fn for _, _, fn in fam.keras_rules(info)}
+    transforms = {fn for _, _, fn in fam.keras_rules(model_cfg)}
     if transforms - {convert.copy}:
-        raise ExportError(f"{info.arch} to keras: the table has transforms other than copy")
+        raise ExportError(f"{model_cfg.arch} to keras: the table has transforms other than copy")
     for path, (_, orig) in entries.items():
         slot, value = slots[str(orig)], inverse.INVERSES[convert.copy](flat["/".join(path)])
         if tuple(slot.shape) != value.shape:
-            raise ExportError(f"{info.arch} to keras: {'/'.join(path)} {value.shape} vs {orig} {tuple(slot.shape)}")
+            raise ExportError(f"{model_cfg.arch} to keras: {'/'.join(path)} {value.shape} vs {orig} {tuple(slot.shape)}")
         slot.assign(value.astype(np.float32))
 
 
 def write(arch: str, source: str, variables: Mapping[str, Any], num_classes: int, path: os.PathLike) -> None:
-    info = registry.info(arch, source)
-    model = build(info.arch, num_classes, keras_input_size(info, variables))
-    fill(model, info, variables)
+    model_cfg = registry.model_config(arch, source)
+    model = build(model_cfg.arch, num_classes, keras_input_size(model_cfg, variables))
+    fill(model, model_cfg, variables)
     # Keras insists on the suffix; the exporter's temporary name keeps it.
     model.save_weights(os.fspath(path), overwrite=True)

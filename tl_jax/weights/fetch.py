@@ -95,20 +95,20 @@ def _hub_download(repo_id: str, filenames: tuple[str, ...], connect_timeout: flo
     return paths[0]
 
 
-def _hub_files(info: registry.ModelConfig, weights: registry.WeightsFile) -> tuple[str, ...]:
-    return (weights.hub[1], "config.json") if info.source == "hf" else (weights.hub[1],)
+def _hub_files(model_cfg: registry.ModelConfig, weights: registry.WeightsFile) -> tuple[str, ...]:
+    return (weights.hub[1], "config.json") if model_cfg.source == "hf" else (weights.hub[1],)
 
 
 def locate(arch: str, source: str, weights: str | None = None, directory: str | os.PathLike | None = None
            ) -> tuple[Path | None, list[str]]:
     """``(cached file or None, places looked at)`` for the published weights, without any network."""
-    info = registry.info(arch, source)
-    published = info.weights_for(weights)
+    model_cfg = registry.model_config(arch, source)
+    published = model_cfg.weights_for(weights)
     looked: list[str] = []
     if published.url:
         name = published.filename
-        dirs = [torch_hub_dir()] if info.source in ("torchvision", "timm") else [keras_cache_dir()]
-        dirs.append(Path(directory or cache_dir()) / info.source)
+        dirs = [torch_hub_dir()] if model_cfg.source in ("torchvision", "timm") else [keras_cache_dir()]
+        dirs.append(Path(directory or cache_dir()) / model_cfg.source)
         for d in dirs:
             looked.append(str(d / name))
             if (d / name).is_file():
@@ -117,12 +117,12 @@ def locate(arch: str, source: str, weights: str | None = None, directory: str | 
         repo_id, filename = published.hub
         looked.append(f"the Hugging Face cache (repo {repo_id}, {filename})")
         try:
-            found = [_hub_cached(repo_id, f) for f in _hub_files(info, published)]
+            found = [_hub_cached(repo_id, f) for f in _hub_files(model_cfg, published)]
         except ImportError:
             looked[-1] += ": huggingface_hub is not installed"
             found = [None]
         if all(found):
-            return (found[0].parent if info.source == "hf" else found[0]), looked
+            return (found[0].parent if model_cfg.source == "hf" else found[0]), looked
     return None, looked
 
 
@@ -160,8 +160,8 @@ def fetch(arch: str, source: str, directory: str | os.PathLike | None = None, *,
     temporary file in our cache directory, is checked against the published hash and only then
     renamed to its final name, so the cache never holds a partial or corrupt file under a valid name.
     """
-    info = registry.info(arch, source)
-    published = info.weights_for(weights)
+    model_cfg = registry.model_config(arch, source)
+    published = model_cfg.weights_for(weights)
     if url is None:
         found, looked = locate(arch, source, weights, directory)
         if found is not None:
@@ -171,21 +171,21 @@ def fetch(arch: str, source: str, directory: str | os.PathLike | None = None, *,
     if url is None and not published.url:
         repo_id, _ = published.hub
         try:
-            path = _hub_download(repo_id, _hub_files(info, published), connect_timeout, read_timeout)
+            path = _hub_download(repo_id, _hub_files(model_cfg, published), connect_timeout, read_timeout)
         except ImportError as e:
-            raise FetchError(f"downloading {info.source} weights needs huggingface_hub: pip install 'tl_jax[hub]'. "
-                             f"{_offline_hint(info.arch, info.source)}") from e
+            raise FetchError(f"downloading {model_cfg.source} weights needs huggingface_hub: pip install 'tl_jax[hub]'. "
+                             f"{_offline_hint(model_cfg.arch, model_cfg.source)}") from e
         except Exception as e:  # huggingface_hub raises its own types for offline, missing and gated repos
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise FetchError(f"no cached {info.source} weights for {info.arch} ({published.tag}); looked in "
+            raise FetchError(f"no cached {model_cfg.source} weights for {model_cfg.arch} ({published.tag}); looked in "
                              f"{'; '.join(looked)}; download from {repo_id} failed: {reason}. "
-                             f"{_offline_hint(info.arch, info.source)}") from e
-        return path.parent if info.source == "hf" else path
-    return _download(info, url or published.url, published, Path(directory or cache_dir()) / info.source, looked,
+                             f"{_offline_hint(model_cfg.arch, model_cfg.source)}") from e
+        return path.parent if model_cfg.source == "hf" else path
+    return _download(model_cfg, url or published.url, published, Path(directory or cache_dir()) / model_cfg.source, looked,
                      connect_timeout, read_timeout)
 
 
-def _download(info: registry.ModelConfig, url: str, published: registry.WeightsFile, folder: Path, looked: list[str],
+def _download(model_cfg: registry.ModelConfig, url: str, published: registry.WeightsFile, folder: Path, looked: list[str],
               connect_timeout: float, read_timeout: float) -> Path:
     target = folder / url.rsplit("/", 1)[-1]
     if target.is_file():
@@ -205,11 +205,11 @@ def _download(info: registry.ModelConfig, url: str, published: registry.WeightsF
             except (OSError, ValueError) as e:  # URLError, socket errors and timeouts are OSErrors
                 reason = getattr(e, "reason", None) or e
                 where = f" No cached copy in {'; '.join(looked)}." if looked else ""
-                raise FetchError(f"could not download {info.source} weights for {info.arch} from {url}: "
-                                 f"{reason}.{where} {_offline_hint(info.arch, info.source)}") from e
+                raise FetchError(f"could not download {model_cfg.source} weights for {model_cfg.arch} from {url}: "
+                                 f"{reason}.{where} {_offline_hint(model_cfg.arch, model_cfg.source)}") from e
         if digest and not h.hexdigest().startswith(digest[1]):
             raise FetchError(f"{url} downloaded with {digest[0]} {h.hexdigest()}, expected {digest[1]}...: "
-                             f"corrupt or changed file. {_offline_hint(info.arch, info.source)}")
+                             f"corrupt or changed file. {_offline_hint(model_cfg.arch, model_cfg.source)}")
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

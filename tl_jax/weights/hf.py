@@ -75,14 +75,14 @@ def convert_hf(arch: str | None, source: str | os.PathLike, model: Any = None, *
     """
     weights, config_path = locate(source)
     found = arch_of(read_config(config_path))
-    if arch is not None and registry.info(arch, "hf").arch != found:
+    if arch is not None and registry.model_config(arch, "hf").arch != found:
         raise ConversionError(f"{config_path} describes {found}, not {arch}: pass --arch {found}")
-    info = registry.info(found, "hf")
-    return convert_state_dict(info, tensors.read_tensors(weights, allow_nonfinite=allow_nonfinite),
-                              maps.family("resnet").hf_rules(info), model, source_name="transformers")
+    model_cfg = registry.model_config(found, "hf")
+    return convert_state_dict(model_cfg, tensors.read_tensors(weights, allow_nonfinite=allow_nonfinite),
+                              maps.family("resnet").hf_rules(model_cfg), model, source_name="transformers")
 
 
-def preprocessing(path: Path, info: registry.ModelConfig) -> Any:
+def preprocessing(path: Path, model_cfg: registry.ModelConfig) -> Any:
     """The spec of a ``preprocessor_config.json`` (crop_pct, resample, mean, std), or None without one.
 
     ``resample`` is PIL's filter number (2 bilinear, 3 bicubic); ``size`` is the crop (an int or
@@ -91,8 +91,8 @@ def preprocessing(path: Path, info: registry.ModelConfig) -> Any:
     if not path.is_file():
         return None
     cfg = read_config(path)
-    size = cfg.get("size", info.input_size)
-    size = size.get("shortest_edge", info.input_size) if isinstance(size, dict) else size
+    size = cfg.get("size", model_cfg.input_size)
+    size = size.get("shortest_edge", model_cfg.input_size) if isinstance(size, dict) else size
     resample = {2: "bilinear", 3: "bicubic"}.get(cfg.get("resample", 3))
     if resample is None:
         raise ConversionError(f"{path}: resample={cfg['resample']} is neither bilinear (2) nor bicubic (3)")

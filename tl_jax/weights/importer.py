@@ -43,52 +43,52 @@ def convert_weights(arch: str, source: str, output: str | os.PathLike, input_fil
     ``FetchError`` (a RuntimeError) for a failed download; a refusal names the file (and the key
     where one is at fault); on any error no output or temporary directory is left behind.
     """
-    info = registry.info(arch, source)  # unknown arch: lists the available ones
-    published = info.weights_for(weights)
-    if backbone_only and info.source != "keras":
-        raise ValueError(f"--backbone_only reads Keras models with their own layers; {info.source} weights "
+    model_cfg = registry.model_config(arch, source)  # unknown arch: lists the available ones
+    published = model_cfg.weights_for(weights)
+    if backbone_only and model_cfg.source != "keras":
+        raise ValueError(f"--backbone_only reads Keras models with their own layers; {model_cfg.source} weights "
                          "convert with their head, then load_pretrained(dir, num_classes=N) replaces it")
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     start = time.perf_counter()
-    path = Path(input_file) if input_file is not None else fetch.fetch(info.arch, info.source, weights=published.tag)
-    if not path.exists() or (info.source != "hf" and not path.is_file()):
+    path = Path(input_file) if input_file is not None else fetch.fetch(model_cfg.arch, model_cfg.source, weights=published.tag)
+    if not path.exists() or (model_cfg.source != "hf" and not path.is_file()):
         raise FileNotFoundError(f"no such weights file: {path}")
-    variables, ignored = _convert(info, path, backbone_only, allow_nonfinite)
+    variables, ignored = _convert(model_cfg, path, backbone_only, allow_nonfinite)
     head = variables["params"].get("head")
     num_classes = None if head is None else int(head["bias"].shape[0])  # None: a headless file
-    model_kwargs = {"include_classifier": False} if info.family == "vgg" and "classifier" not in variables["params"] \
+    model_kwargs = {"include_classifier": False} if model_cfg.family == "vgg" and "classifier" not in variables["params"] \
         else {}
-    source_file = hf.locate(path)[0] if info.source == "hf" else path
-    metadata = store.build_metadata(info.arch, info.source, num_classes, source_file=source_file,
-                                    weights=published.tag, preprocessing=_hf_preprocessing(path, info),
+    source_file = hf.locate(path)[0] if model_cfg.source == "hf" else path
+    metadata = store.build_metadata(model_cfg.arch, model_cfg.source, num_classes, source_file=source_file,
+                                    weights=published.tag, preprocessing=_hf_preprocessing(path, model_cfg),
                                     model_kwargs=model_kwargs)
     store.save_pretrained(output, variables, metadata, overwrite=overwrite)
-    return {"arch": info.arch, "source": info.source, "weights": published.tag, "num_classes": num_classes,
+    return {"arch": model_cfg.arch, "source": model_cfg.source, "weights": published.tag, "num_classes": num_classes,
             "params": sum(int(np.size(a)) for a in jax.tree.leaves(variables["params"])), "ignored": ignored,
             "seconds": time.perf_counter() - start, "output": str(output)}
 
 
-def _convert(info: registry.ModelConfig, path: Path, backbone_only: bool, allow_nonfinite: bool
+def _convert(model_cfg: registry.ModelConfig, path: Path, backbone_only: bool, allow_nonfinite: bool
              ) -> tuple[dict[str, Any], list[str]]:
     """The source's converter, with every refusal naming the file: damage the readers cannot name
     (a header byte that makes a shape or a class count absurd) becomes one ConversionError too."""
     try:
         if backbone_only:
-            return convert_keras_backbone(info.arch, path, allow_nonfinite=allow_nonfinite)
-        return _CONVERTERS[info.source](info.arch, path, allow_nonfinite=allow_nonfinite), []
+            return convert_keras_backbone(model_cfg.arch, path, allow_nonfinite=allow_nonfinite)
+        return _CONVERTERS[model_cfg.source](model_cfg.arch, path, allow_nonfinite=allow_nonfinite), []
     except ConversionError as e:
         if str(path) in str(e):
             raise
         raise type(e)(f"{path}: {e}") from e
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
-        raise ConversionError(f"{path} cannot be converted to {info.arch} ({checks.describe(e)})") from e
+        raise ConversionError(f"{path} cannot be converted to {model_cfg.arch} ({checks.describe(e)})") from e
 
 
-def _hf_preprocessing(path: Path, info: registry.ModelConfig) -> Any:
+def _hf_preprocessing(path: Path, model_cfg: registry.ModelConfig) -> Any:
     """A transformers checkpoint's own ``preprocessor_config.json``, when it has one, as a spec."""
-    if info.source != "hf":
+    if model_cfg.source != "hf":
         return None
     folder = path if path.is_dir() else path.parent
-    return hf.preprocessing(folder / "preprocessor_config.json", info)
+    return hf.preprocessing(folder / "preprocessor_config.json", model_cfg)

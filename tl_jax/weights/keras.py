@@ -183,25 +183,25 @@ def _read_layout(f: Any, path: str, names: dict[str, Any] | None) -> dict[str, n
     return _legacy(root, path)
 
 
-def _model_for(info: registry.ModelConfig, weights: dict[str, np.ndarray], with_head: bool) -> Any:
+def _model_for(model_cfg: registry.ModelConfig, weights: dict[str, np.ndarray], with_head: bool) -> Any:
     """The Flax model these weights fill: their head's class count (none for a _notop / include_top=False
     file, or without ``with_head``); VGG without fc6/fc7 as its conv backbone."""
     head = weights.get("head/bias") if with_head else None
     kwargs: dict[str, Any] = {"num_classes": int(head.shape[0]) if head is not None else None}
-    if info.family == "vgg" and not any(k.startswith("classifier/") for k in weights):
+    if model_cfg.family == "vgg" and not any(k.startswith("classifier/") for k in weights):
         kwargs["include_classifier"] = False
-    return info.build(**kwargs)
+    return model_cfg.build(**kwargs)
 
 
 def convert_keras(arch: str, source: str | os.PathLike, model: Any = None, *,
                   allow_nonfinite: bool = False) -> dict[str, Any]:
     """A Keras application's weights file (legacy ``.h5``, ``.weights.h5``, ``.keras``) -> variables."""
-    info = registry.info(arch, "keras")
-    fam = maps.family(info.family)
+    model_cfg = registry.model_config(arch, "keras")
+    fam = maps.family(model_cfg.family)
     weights = fam.keras_canonical_names(read_h5_weights(source, allow_nonfinite=allow_nonfinite))
-    model = model or _model_for(info, weights, with_head=True)
-    entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
-    return convert.assemble(variables_template(model, info.input_size), entries, unmatched,
+    model = model or _model_for(model_cfg, weights, with_head=True)
+    entries, unmatched = convert.apply_rules(weights, fam.keras_rules(model_cfg))
+    return convert.assemble(variables_template(model, model_cfg.input_size), entries, unmatched,
                             what=f"Keras weights for {arch}")
 
 
@@ -212,12 +212,12 @@ def convert_keras_backbone(arch: str, source: str | os.PathLike, *,
     Returns the backbone's variables (no head) and the layers that were ignored (the user's
     own, and a head if any). Every backbone weight must still be present.
     """
-    info = registry.info(arch, "keras")
-    fam = maps.family(info.family)
+    model_cfg = registry.model_config(arch, "keras")
+    fam = maps.family(model_cfg.family)
     weights = fam.keras_canonical_names(read_h5_weights(source, allow_nonfinite=allow_nonfinite))
-    model = _model_for(info, weights, with_head=False)
-    template = variables_template(model, info.input_size)
-    entries, unmatched = convert.apply_rules(weights, fam.keras_rules(info))
+    model = _model_for(model_cfg, weights, with_head=False)
+    template = variables_template(model, model_cfg.input_size)
+    entries, unmatched = convert.apply_rules(weights, fam.keras_rules(model_cfg))
     flat = set(traverse_util.flatten_dict(dict(template)))
     ignored = sorted({name.rsplit("/", 1)[0] for name in unmatched}
                      | {src.rsplit("/", 1)[0] for path, (src, _) in entries.items() if path not in flat})

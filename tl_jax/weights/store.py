@@ -88,11 +88,11 @@ def build_metadata(arch: str, source: str, num_classes: int | None, *, source_fi
     head (null when torchvision is not installed or the head has other classes);
     pass a list for a fine-tuned head.
     """
-    info = registry.info(arch, source)
-    published = info.weights_for(weights)
+    model_cfg = registry.model_config(arch, source)
+    published = model_cfg.weights_for(weights)
     spec = preprocess.get_spec(preprocessing if preprocessing is not None else published.preprocessing)
     model_kwargs = dict(model_kwargs or {})
-    stage_names = info.build(num_classes=num_classes, **model_kwargs).stage_names
+    stage_names = model_cfg.build(num_classes=num_classes, **model_kwargs).stage_names
     if class_names == "imagenet":
         class_names = imagenet_class_names() if num_classes == 1000 else None
     if class_names is not None and len(class_names) != (num_classes or 0):
@@ -100,7 +100,7 @@ def build_metadata(arch: str, source: str, num_classes: int | None, *, source_fi
     if source_file is not None and source_sha256 is None and os.path.isfile(source_file):
         source_sha256 = sha256_file(source_file)
     return {
-        "arch": info.arch, "source": info.source,
+        "arch": model_cfg.arch, "source": model_cfg.source,
         "num_classes": None if num_classes is None else int(num_classes),
         "weights": published.tag, "published_top1": published.top1, "model_kwargs": model_kwargs,
         "stage_names": list(stage_names), "preprocessing": spec.to_dict(),
@@ -192,7 +192,7 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     """Converted weights -> ``(model, variables, metadata)``, ready for ``model.apply``.
 
     The model is ``registry.create(arch, source, num_classes=..., **model_kwargs)``
-    (e.g. ``frozen_depth=3``, ``dtype=jnp.bfloat16``). With ``num_classes`` other
+    (e.g. ``dtype=jnp.bfloat16``, ``fold_frozen_bn=False``). With ``num_classes`` other
     than the stored head's, the head is replaced by a fresh one: exactly the head
     that ``model.init(jax.random.key(seed), x)`` gives (Flax ``Dense`` defaults:
     LeCun-normal kernel, zero bias), so the same seed gives the same head; every
@@ -207,13 +207,13 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     ckpt = directory / CHECKPOINT
     if not ckpt.is_dir():
         raise FileNotFoundError(f"{directory} has metadata but no {CHECKPOINT}/ (incomplete store)")
-    info = registry.info(metadata["arch"], metadata["source"])
+    model_cfg = registry.model_config(metadata["arch"], metadata["source"])
     stored_classes = metadata["num_classes"]  # None: the store holds a backbone without head
     num_classes = stored_classes if num_classes is None else int(num_classes)
     model_kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
     stored_channels = metadata.get("model_kwargs", {}).get("in_channels", 3)
-    stored_model = info.build(num_classes=stored_classes, **{**model_kwargs, "in_channels": stored_channels})
-    template = variables_template(stored_model, info.input_size)
+    stored_model = model_cfg.build(num_classes=stored_classes, **{**model_kwargs, "in_channels": stored_channels})
+    template = variables_template(stored_model, model_cfg.input_size)
 
     try:
         with ocp.StandardCheckpointer() as ckptr:
@@ -226,15 +226,15 @@ def load_pretrained(directory: str | os.PathLike, num_classes: int | None = None
     with ocp.StandardCheckpointer() as ckptr:
         variables = dict(ckptr.restore(ckpt, abstract))
 
-    model = info.build(num_classes=num_classes, **model_kwargs)
+    model = model_cfg.build(num_classes=num_classes, **model_kwargs)
     if model.in_channels != stored_channels:   # timm's adapted first convolution (tl_jax.models.channels)
         if stored_channels != 3:
             raise ValueError(f"{directory} holds a first convolution for {stored_channels} channels; only RGB "
                              "weights adapt to another in_channels")
-        variables = channels.adapt_variables(variables, info.family, model.in_channels)
+        variables = channels.adapt_variables(variables, model_cfg.first_conv, model.in_channels)
         metadata = {**metadata, "model_kwargs": {**metadata.get("model_kwargs", {}), "in_channels": model.in_channels}}
     if num_classes != stored_classes:
-        shape = (1, info.input_size, info.input_size, model.in_channels)
+        shape = (1, model_cfg.input_size, model_cfg.input_size, model.in_channels)
         # Only the head's initializers survive dead-code elimination: no forward pass runs.
         head = jax.jit(lambda: model.init(jax.random.key(seed), jax.numpy.zeros(shape))["params"]["head"])()
         variables["params"] = {**{k: v for k, v in variables["params"].items() if k != "head"}, "head": head}

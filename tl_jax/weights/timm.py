@@ -21,6 +21,6 @@ def convert_timm(arch: str, source: str | os.PathLike | Mapping[str, Any], model
     Only timm models whose architecture is one of our ports: ``resnet{18..152}`` (ResNet-B),
     ``vgg*``, ``inception_v3``; ``resnet50d``, ResNeXt, SE-ResNet ... are refused by name.
     """
-    info = registry.info(arch, "timm")
-    return convert_state_dict(info, as_numpy(source, allow_nonfinite=allow_nonfinite),
-                              maps.family(info.family).timm_rules(info), model, source_name="timm")
+    model_cfg = registry.model_config(arch, "timm")
+    return convert_state_dict(model_cfg, as_numpy(source, allow_nonfinite=allow_nonfinite),
+                              maps.family(model_cfg.family).timm_rules(model_cfg), model, source_name="timm")

@@ -14,21 +14,21 @@ from tl_jax.models.init import variables_template
 from tl_jax.weights import checks, convert, maps, tensors
 
 
-def convert_state_dict(info: registry.ModelConfig, state: Mapping[str, np.ndarray], rules: list,
+def convert_state_dict(model_cfg: registry.ModelConfig, state: Mapping[str, np.ndarray], rules: list,
                        model: Any = None, *, source_name: str) -> dict[str, Any]:
-    """A PyTorch-keyed state_dict -> ``{"params", "batch_stats"}`` for ``info``'s model, strictly.
+    """A PyTorch-keyed state_dict -> ``{"params", "batch_stats"}`` for ``model_cfg``'s model, strictly.
 
     A state_dict of another architecture of the family (a deep stem, grouped convolutions, ...)
     is refused first with the difference named; then every key must map and every leaf fill.
     """
-    problem = maps.family(info.family).torch_architecture_problem(state)
+    problem = maps.family(model_cfg.family).torch_architecture_problem(state)
     if problem is not None:
-        raise convert.ConversionError(f"{source_name} weights are not {info.arch}: they have {problem}")
+        raise convert.ConversionError(f"{source_name} weights are not {model_cfg.arch}: they have {problem}")
     if model is None:
-        model = info.build(num_classes=int(state[info.head_key].shape[0]) if info.head_key in state else 1000)
+        model = model_cfg.build(num_classes=int(state[model_cfg.head_key].shape[0]) if model_cfg.head_key in state else 1000)
     entries, unmatched = convert.apply_rules(state, rules)
-    return convert.assemble(variables_template(model, info.input_size), entries, unmatched,
-                            what=f"{source_name} weights for {info.arch}")
+    return convert.assemble(variables_template(model, model_cfg.input_size), entries, unmatched,
+                            what=f"{source_name} weights for {model_cfg.arch}")
 
 
 def as_numpy(source: str | os.PathLike | Mapping[str, Any], *, allow_nonfinite: bool = False
@@ -51,6 +51,6 @@ def convert_torchvision(arch: str, source: str | os.PathLike | Mapping[str, Any]
     convert into another configuration. Every torchvision weights tag (``IMAGENET1K_V1``,
     ``IMAGENET1K_V2``) has the same keys.
     """
-    info = registry.info(arch, "torchvision")
-    return convert_state_dict(info, as_numpy(source, allow_nonfinite=allow_nonfinite),
-                              maps.family(info.family).torchvision_rules(info), model, source_name="torchvision")
+    model_cfg = registry.model_config(arch, "torchvision")
+    return convert_state_dict(model_cfg, as_numpy(source, allow_nonfinite=allow_nonfinite),
+                              maps.family(model_cfg.family).torchvision_rules(model_cfg), model, source_name="torchvision")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 
 from tl_jax.models.inception import MIXED
-from tl_jax.weights.convert import ConversionError, conv_oihw_to_hwio as conv, copy, linear_to_dense as linear
+from tl_jax.weights.convert import ConversionError, conv_oihw_to_hwio as conv, linear_to_dense as linear
+from tl_jax.weights.maps import TORCH_BN_COUNTER, keras_roles, torch_bn, weight_bias
 
 # Our conv + BN units in Keras creation order (= torchvision attribute order), per block kind.
 _STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
@@ -33,42 +34,32 @@ _BLOCKS = tuple((stage, kind) for stage, kind, _ in MIXED)
 KERAS_CREATION_ORDER: tuple[str, ...] = (tuple(f"stem/{u}" for u in _STEM)
                                          + tuple(f"{s}/{u}" for s, kind in _BLOCKS for u in _UNITS[kind]))
 
-_BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
-       ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
 
-
-def torchvision_rules(info):
+def torchvision_rules(model_cfg):
     """``Conv2d_1a_3x3.*`` -> ``stem/Conv2d_1a_3x3/*``, ``Mixed_5b.<unit>.*`` -> ``mixed5b/<unit>/*``."""
     stem = r"(Conv2d_\w+)"
     mixed = r"Mixed_(\d[a-e])\.(\w+)"
-    rules = [
+    return [
         (rf"{stem}\.conv\.weight", r"params/stem/\1/conv/kernel", conv),
         (rf"{mixed}\.conv\.weight", r"params/mixed\1/\2/conv/kernel", conv),
-    ]
-    for src, col, leaf in _BN:
-        rules.append((rf"{stem}\.bn\.{src}", rf"{col}/stem/\1/bn/{leaf}", copy))
-        rules.append((rf"{mixed}\.bn\.{src}", rf"{col}/mixed\1/\2/bn/{leaf}", copy))
-    return rules + [
-        (r".*num_batches_tracked", "", None),
+        *torch_bn(rf"{stem}\.bn", r"stem/\1/bn"),
+        *torch_bn(rf"{mixed}\.bn", r"mixed\1/\2/bn"),
+        TORCH_BN_COUNTER,
         # The train-time auxiliary classifier is not ported (see tl_jax.models.inception).
         (r"AuxLogits\..*", "", None),
-        (r"fc\.weight", "params/head/kernel", linear),
-        (r"fc\.bias", "params/head/bias", copy),
+        *weight_bias(r"fc", "head", linear),
     ]
 
 
-def timm_rules(info):
+def timm_rules(model_cfg):
     """timm's Inception-v3 keeps torchvision's names (and has no auxiliary classifier)."""
-    return torchvision_rules(info)
+    return torchvision_rules(model_cfg)
 
 
 def torch_architecture_problem(state):
     return None
 
 
-_KERAS_ROLE = {"kernel": ("params", "kernel"), "bias": ("params", "bias"), "gamma": ("params", "scale"),
-               "beta": ("params", "bias"), "moving_mean": ("batch_stats", "mean"),
-               "moving_variance": ("batch_stats", "var")}
 # Auto-names: "conv2d", "conv2d_7"; BatchNorm also "batch_normalization_v1_7" (TF 1.x tf.keras).
 _KERAS_AUTO = {"conv": re.compile(r"conv2d(?:_(\d+))?"),
                "bn": re.compile(r"batch_normalization(?:_v[12])?(?:_(\d+))?")}
@@ -101,5 +92,5 @@ def keras_canonical_names(weights):
     return {f"{renamed.get(layer, layer)}/{role}": weights[name] for name, layer, role in layer_role}
 
 
-def keras_rules(info):
-    return [(rf"(.*)/{role}", rf"{col}/\1/{leaf}", copy) for role, (col, leaf) in _KERAS_ROLE.items()]
+def keras_rules(model_cfg):
+    return keras_roles()

@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import re
 
-from tl_jax.weights.convert import conv_oihw_to_hwio as conv, copy, linear_to_dense as linear
-
-_BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
-       ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
+from tl_jax.weights.convert import conv_oihw_to_hwio as conv, linear_to_dense as linear
+from tl_jax.weights.maps import TORCH_BN_COUNTER, keras_roles, torch_bn, weight_bias
 
 
-def torchvision_rules(info):
-    bn = [(rf"{src}\.{t}", f"{col}/{dst}/{leaf}", copy)
-          for src, dst in [(r"bn1", "stem/bn1"), (r"layer(\d)\.(\d+)\.bn(\d)", r"layer\1/block\2/bn\3"),
-                           (r"layer(\d)\.(\d+)\.downsample\.1", r"layer\1/block\2/downsample_bn")]
-          for t, col, leaf in _BN]
+def torchvision_rules(model_cfg):
     return [
         (r"conv1\.weight", "params/stem/conv1/kernel", conv),
         (r"layer(\d)\.(\d+)\.conv(\d)\.weight", r"params/layer\1/block\2/conv\3/kernel", conv),
         (r"layer(\d)\.(\d+)\.downsample\.0\.weight", r"params/layer\1/block\2/downsample_conv/kernel", conv),
-        *bn,
-        (r".*num_batches_tracked", "", None),
-        (r"fc\.weight", "params/head/kernel", linear),
-        (r"fc\.bias", "params/head/bias", copy),
+        *torch_bn(r"bn1", "stem/bn1"),
+        *torch_bn(r"layer(\d)\.(\d+)\.bn(\d)", r"layer\1/block\2/bn\3"),
+        *torch_bn(r"layer(\d)\.(\d+)\.downsample\.1", r"layer\1/block\2/downsample_bn"),
+        TORCH_BN_COUNTER,
+        *weight_bias(r"fc", "head", linear),
     ]
 
 
-def timm_rules(info):
+def timm_rules(model_cfg):
     """timm's ResNet-B keeps torchvision's key names."""
-    return torchvision_rules(info)
+    return torchvision_rules(model_cfg)
 
 
 def torch_architecture_problem(state):
@@ -48,11 +43,7 @@ def torch_architecture_problem(state):
 
 
 # transformers' ResNet: stage i, layer j, conv k of ``layer`` -> our layer{i+1}/block{j}/conv{k+1}.
-_HF_BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
-          ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
-
-
-def hf_rules(info):
+def hf_rules(model_cfg):
     stage = r"resnet\.encoder\.stages\.{i}\.layers\.(\d+)"
     units = [("resnet\\.embedder\\.embedder", "stem/conv1", "stem/bn1")]
     for i in range(4):
@@ -63,17 +54,10 @@ def hf_rules(info):
     rules = []
     for src, conv_dst, bn_dst in units:
         rules.append((rf"{src}\.convolution\.weight", f"params/{conv_dst}/kernel", conv))
-        rules += [(rf"{src}\.normalization\.{t}", f"{col}/{bn_dst}/{leaf}", copy) for t, col, leaf in _HF_BN]
-    return rules + [
-        (r".*num_batches_tracked", "", None),
-        (r"classifier\.1\.weight", "params/head/kernel", linear),
-        (r"classifier\.1\.bias", "params/head/bias", copy),
-    ]
+        rules += torch_bn(rf"{src}\.normalization", bn_dst)
+    return rules + [TORCH_BN_COUNTER, *weight_bias(r"classifier\.1", "head", linear)]
 
 
-_KERAS_ROLE = {"kernel": ("params", "kernel"), "bias": ("params", "bias"), "gamma": ("params", "scale"),
-               "beta": ("params", "bias"), "moving_mean": ("batch_stats", "mean"),
-               "moving_variance": ("batch_stats", "var")}
 _KERAS_BLOCK = re.compile(r"conv(\d)_block(\d+)_(\d)_(conv|bn)")
 
 
@@ -98,5 +82,5 @@ def keras_canonical_names(weights):
     return out
 
 
-def keras_rules(info):
-    return [(rf"(.*)/{role}", rf"{col}/\1/{leaf}", copy) for role, (col, leaf) in _KERAS_ROLE.items()]
+def keras_rules(model_cfg):
+    return keras_roles()

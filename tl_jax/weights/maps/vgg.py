@@ -11,10 +11,8 @@ import re
 import numpy as np
 
 from tl_jax.models.vgg import BLOCK_CONVS
-from tl_jax.weights.convert import conv_oihw_to_hwio as conv, copy, linear_to_dense as linear
-
-_BN = [("weight", "params", "scale"), ("bias", "params", "bias"),
-       ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var")]
+from tl_jax.weights.convert import conv_oihw_to_hwio as conv, linear_to_dense as linear
+from tl_jax.weights.maps import keras_roles, torch_bn, weight_bias
 
 
 def features_layout(depth: int, batch_norm: bool) -> list[tuple[int, int, int, bool]]:
@@ -39,23 +37,17 @@ def fc6_chw_to_hwc(a: np.ndarray, channels: int = 512, size: int = 7) -> np.ndar
     return a.reshape(out, channels, size, size).transpose(2, 3, 1, 0).reshape(size * size * channels, out)
 
 
-def torchvision_rules(info):
-    kw = dict(info.kwargs)
+def torchvision_rules(model_cfg):
+    kw = dict(model_cfg.kwargs)
     rules = []
     for idx, block, i, is_bn in features_layout(kw["depth"], kw["batch_norm"]):
-        if is_bn:
-            rules += [(rf"features\.{idx}\.{t}", f"{col}/block{block}/bn{i}/{leaf}", copy) for t, col, leaf in _BN]
-        else:
-            rules += [(rf"features\.{idx}\.weight", f"params/block{block}/conv{i}/kernel", conv),
-                      (rf"features\.{idx}\.bias", f"params/block{block}/conv{i}/bias", copy)]
+        rules += (torch_bn(rf"features\.{idx}", f"block{block}/bn{i}") if is_bn
+                  else weight_bias(rf"features\.{idx}", f"block{block}/conv{i}", conv))
     return rules + [
         (r"features\.\d+\.num_batches_tracked", "", None),
-        (r"classifier\.0\.weight", "params/classifier/fc6/kernel", fc6_chw_to_hwc),
-        (r"classifier\.0\.bias", "params/classifier/fc6/bias", copy),
-        (r"classifier\.3\.weight", "params/classifier/fc7/kernel", linear),
-        (r"classifier\.3\.bias", "params/classifier/fc7/bias", copy),
-        (r"classifier\.6\.weight", "params/head/kernel", linear),
-        (r"classifier\.6\.bias", "params/head/bias", copy),
+        *weight_bias(r"classifier\.0", "classifier/fc6", fc6_chw_to_hwc),
+        *weight_bias(r"classifier\.3", "classifier/fc7", linear),
+        *weight_bias(r"classifier\.6", "head", linear),
     ]
 
 
@@ -69,21 +61,18 @@ def fc7_conv_to_dense(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1]).T
 
 
-def timm_rules(info):
+def timm_rules(model_cfg):
     """timm's VGG: torchvision's ``features``; fc6/fc7 as convs under ``pre_logits``; the head is ``head.fc``.
 
     Equal to torchvision's computation up to 224 px (timm adaptive-pools smaller maps to 7x7 too);
     above 224 timm slides fc6 over the larger map and averages after fc7, while our port (like
     torchvision) pools to 7x7 first, so logits differ there.
     """
-    fc = [r for r in torchvision_rules(info) if not r[0].startswith("classifier")]
+    fc = [r for r in torchvision_rules(model_cfg) if not r[0].startswith("classifier")]
     return fc + [
-        (r"pre_logits\.fc1\.weight", "params/classifier/fc6/kernel", fc6_conv_to_hwc),
-        (r"pre_logits\.fc1\.bias", "params/classifier/fc6/bias", copy),
-        (r"pre_logits\.fc2\.weight", "params/classifier/fc7/kernel", fc7_conv_to_dense),
-        (r"pre_logits\.fc2\.bias", "params/classifier/fc7/bias", copy),
-        (r"head\.fc\.weight", "params/head/kernel", linear),
-        (r"head\.fc\.bias", "params/head/bias", copy),
+        *weight_bias(r"pre_logits\.fc1", "classifier/fc6", fc6_conv_to_hwc),
+        *weight_bias(r"pre_logits\.fc2", "classifier/fc7", fc7_conv_to_dense),
+        *weight_bias(r"head\.fc", "head", linear),
     ]
 
 
@@ -126,6 +115,6 @@ def keras_canonical_names(weights):
     return out
 
 
-def keras_rules(info):
+def keras_rules(model_cfg):
     # Keras kernels are already HWIO / (in, out) and fc1 already flattens NHWC.
-    return [(r"(.*)/kernel", r"params/\1/kernel", copy), (r"(.*)/bias", r"params/\1/bias", copy)]
+    return keras_roles("kernel", "bias")

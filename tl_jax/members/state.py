@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -10,7 +10,6 @@ import numpy as np
 
 from tl_jax import loop
 from tl_jax.optim import OptimConfig
-from tl_jax.sweep.split import merge
 
 # Per-member numbers that reach the step as arrays (they keep the computation's shape).
 HYPER = ("learning_rate", "weight_decay", "momentum", "label_smoothing")
@@ -44,14 +43,15 @@ class Sweep:
             raise ValueError("a sweep needs at least one member")
         if self.batching not in BATCHINGS:
             raise ValueError(f"unknown batching {self.batching!r}; choose one of {BATCHINGS}")
-        if self.setup.freeze.unfreeze_every:
-            raise ValueError("a sweep cannot unfreeze gradually: the shared frozen prefix would change "
-                             "(set freeze.unfreeze_every_steps=0)")
+        if self.setup.freeze.changes:
+            raise ValueError("a sweep cannot change its frozen stages during training (gradual unfreezing, "
+                             "freeze.schedule, LP-FT): the shared frozen prefix would change; train those separately")
         object.__setattr__(self, "members", tuple(self.members))
 
     @property
     def depth(self) -> int:
-        return self.setup.freeze.frozen_depth
+        """Stages computed once per batch for every member: the leading frozen stages."""
+        return self.setup.freeze.prefix_depth
 
 
 @flax.struct.dataclass
@@ -71,11 +71,30 @@ class SweepResult:
     shared: dict[str, Any]                 # the frozen prefix's variables
     start_step: int
     step: int
-    final_evals: list[dict[str, Any]] | None   # per member, at num_steps
+    final_evals: list[dict[str, Any] | None] | None   # per member, at num_steps (None: dropped)
     steps_per_s: float | None              # steady state, all members together
     stage_names: tuple[str, ...] = ()
+    dropped: tuple[int, ...] = ()          # members dropped for a non-finite loss
 
     def member_variables(self, i: int) -> dict[str, Any]:
         """Member ``i``'s full variables (prefix and its suffix), as a single run's."""
         return merge(self.shared, {"params": jax.tree.map(lambda x: np.asarray(x[i]), self.state.params),
                                    "batch_stats": jax.tree.map(lambda x: np.asarray(x[i]), self.state.batch_stats)})
+
+
+def split(variables: Mapping[str, Any], stage_names: Sequence[str], depth: int) -> tuple[dict, dict]:
+    """(prefix, suffix) variables: top-level entries of stages ``< depth`` and the rest."""
+    frozen = set(stage_names[:depth])
+    pre, suf = {}, {}
+    for col in ("params", "batch_stats"):
+        tree = variables.get(col, {})
+        unknown = [k for k in tree if k not in stage_names]
+        if unknown:
+            raise ValueError(f"variables {col}/{unknown[0]} is not a stage of {tuple(stage_names)}")
+        pre[col] = {k: v for k, v in tree.items() if k in frozen}
+        suf[col] = {k: v for k, v in tree.items() if k not in frozen}
+    return pre, suf
+
+
+def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    return {col: {**a.get(col, {}), **b.get(col, {})} for col in ("params", "batch_stats")}

@@ -1,4 +1,4 @@
-"""A K-member sweep (``tl_jax.sweep.fit``) against K sequential runs (``loop.fit``) of the same steps.
+"""A K-member sweep (``tl_jax.members.fit``) against K sequential runs (``loop.fit``) of the same steps.
 
 Both sides train the same model from the same variables on the same in-memory batches, member i
 with learning rate ``lrs[i]``; the sequential runs are K ordinary ``loop.fit`` calls, each compiling
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax import loop, sweep
+from tl_jax import loop, members
 from tl_jax.freeze import FreezeSpec
 from tl_jax.models import registry
 from tl_jax.models.init import init_variables
@@ -47,15 +47,15 @@ def _memory(compiled: Any) -> dict[str, int] | None:
     return {"argument_bytes": args, "output_bytes": out, "temp_bytes": temp, "peak_bytes": args + out + temp - alias}
 
 
-def memory(setup: loop.Setup, sw: sweep.Sweep, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+def memory(setup: loop.Setup, sw: members.Sweep, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """Compiled-step memory of one run (``setup``) and of the sweep, and their ratio."""
-    programs = loop._Programs(setup)
-    one = programs.at(0).train.lower(programs.initial_state(0), dict(batch)).compile()
-    shared, state, program = sweep.initial(sw)
-    layout = sweep.Layout(setup.parallel, sw.shard_members, len(sw.members))
-    fn = layout.wrap(lambda st, sh, b: sweep.train_step(st, sh, b, program=program, axis_name=layout.axis_name,
-                                                        pmean_stats=False), 1, donate=True)
-    many = fn.lower(state, shared, dict(batch)).compile()
+    run = loop.Run(setup)
+    one = run.program(0).train.lower(run.initial_state(0), dict(batch)).compile()
+    trainee = members.SweepRun(sw)
+    layout, plan = trainee.layout, trainee.plan
+    fn = layout.wrap(lambda st, sh, b: members.train_step(st, sh, b, plan=plan, axis_name=layout.axis_name,
+                                                          pmean_stats=False), 1, donate=True)
+    many = fn.lower(trainee.initial_state(0), trainee.shared, dict(batch)).compile()
     a, b = _memory(one), _memory(many)
     return {"one_run": a, "sweep": b,
             "peak_ratio": b["peak_bytes"] / a["peak_bytes"] if a and b and a["peak_bytes"] else None}
@@ -70,15 +70,15 @@ def compare(arch: str, depth: int, *, k: int = 8, batch: int = 32, resolution: i
     base = loop.Setup(model=model, variables=variables, freeze=spec, optim=OptimConfig(learning_rate=0.01),
                       num_steps=steps, train_data=data, cadence=loop.Cadence(log_every=steps))
     lrs = [float(x) for x in np.geomspace(0.1, 0.001, k)]
-    members = tuple(sweep.Member(OptimConfig(learning_rate=lr)) for lr in lrs)
-    sw = sweep.Sweep(base, members, batching=batching)
+    variants = tuple(members.Member(OptimConfig(learning_rate=lr)) for lr in lrs)
+    sw = members.Sweep(base, variants, batching=batching)
 
-    loop._RECENT.clear()
+    loop.forget_programs()
     t = time.perf_counter()
-    rates = [loop.fit(dataclasses.replace(base, optim=m.optim), log=lambda r: None).steps_per_s for m in members]
+    rates = [loop.fit(dataclasses.replace(base, optim=m.optim), log=lambda r: None).steps_per_s for m in variants]
     seq_wall = time.perf_counter() - t
     t = time.perf_counter()
-    res = sweep.fit(sw, log=lambda r: None)
+    res = members.fit(sw, log=lambda r: None)
     sweep_wall = time.perf_counter() - t
     seq_step = sum(1 / r for r in rates)                 # one step of every member, one run after another
     sweep_step = 1 / res.steps_per_s

@@ -71,7 +71,7 @@ def time_iter(make_iter: Callable[[], Iterator[Any]], seconds: float, per_item: 
 
 def bench_tf_map(paths: list[str], threads: int, antialias: bool, batch: int, seconds: float) -> tuple[float, float]:
     """The training transform as a bare ``tf.data`` map over ``paths``, batched in TensorFlow."""
-    tf = tf_ops._tf()
+    tf = tf_ops.tf_module()
     t = make_transform("torchvision", train=True, image_size=224, antialias=antialias)
     fn = tf_ops.example_fn(t, seed=0, read_files=True)
     n = len(paths)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tl_jax.parallel import AXIS, DataParallel
+from tl_jax.parallel import DataParallel
 
 MEMBERS = "members"     # mesh axis when the member axis is sharded over devices
 
@@ -47,21 +47,16 @@ class Layout:
     def get(self, tree: Any) -> Any:
         return tree if self.shard else self.dp.get(tree)
 
-    def restore_sharding(self) -> NamedSharding:
+    def global_batch_size(self, batch: Any) -> int:
+        return int(batch["label"].shape[0]) if self.shard else self.dp.global_batch_size(batch)
+
+    def state_sharding(self) -> NamedSharding:
         return NamedSharding(self.mesh, P(MEMBERS)) if self.shard else self.dp.state_sharding()
 
     def wrap(self, fn: Callable, n_state: int, donate: bool) -> Callable:
         """Compile ``fn(*state_args, shared, batch)``; ``n_state`` leading arguments carry the member axis."""
-        donate_argnums = (0,) if donate else ()
-        if self.shard:
-            specs = (*(P(MEMBERS),) * n_state, P(), P())
-            return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=specs, out_specs=P(MEMBERS), check_vma=False),
-                           donate_argnums=donate_argnums)
-        if self.dp.axis_name is None:
-            return jax.jit(fn, donate_argnums=donate_argnums)
-        if self.dp.kind == "pmap":
-            return jax.pmap(fn, axis_name=AXIS, devices=list(self.dp.mesh.devices.flat),
-                            donate_argnums=donate_argnums)
-        specs = (*(P(),) * n_state, P(), P(AXIS))
-        return jax.jit(jax.shard_map(fn, mesh=self.dp.mesh, in_specs=specs, out_specs=P(), check_vma=False),
-                       donate_argnums=donate_argnums)
+        if not self.shard:     # like one run's state: the data-parallel wrapper of tl_jax.parallel
+            return self.dp.wrap(fn, donate, replicated=n_state + 1)
+        specs = (*(P(MEMBERS),) * n_state, P(), P())
+        return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=specs, out_specs=P(MEMBERS), check_vma=False),
+                       donate_argnums=(0,) if donate else ())
