@@ -196,7 +196,8 @@ def plot_yosinski(summary: dict[str, Any], path: str) -> None:
         x = [n + (i - 1.5) * 0.07 for n in ns]
         marker, face, edge = styles[t]
         ax.errorbar(x, [100 * s["mean"] for s in st],
-                    yerr=[[100 * (s["mean"] - s["min"]) for s in st], [100 * (s["max"] - s["mean"]) for s in st]],
+                    yerr=[[100 * max(0.0, s["mean"] - s["min"]) for s in st],      # max: the mean of
+                          [100 * max(0.0, s["max"] - s["mean"]) for s in st]],   # equal values may round off
                     fmt=marker + "-", mfc=face, mec=edge, color=edge, capsize=2, markersize=6, label=t,
                     linewidth=0.8)
     ax.set_xticks(range(1, 6), ["1\nstem", "2\n+layer1", "3\n+layer2", "4\n+layer3", "5\n+layer4"])
