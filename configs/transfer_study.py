@@ -17,7 +17,7 @@ was tuned on the evaluation glyphs.
 """
 import ml_collections
 
-from configs import default
+from configs import default, quickstart
 
 STAGES = ("base", "transfer", "pretrain", "surgical")
 
@@ -25,6 +25,8 @@ STAGES = ("base", "transfer", "pretrain", "surgical")
 def get_config(stage: str = "base"):
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if stage == "pretrain":                       # the quickstart's source network: its config, not a copy
+        return _with_study(quickstart.get_config("pretrain"))
     c = default.get_config()
     c.weights = ""
     c.model.arch, c.model.source, c.model.dtype = "resnet18", "torchvision", "float32"
@@ -52,14 +54,6 @@ def get_config(stage: str = "base"):
         c.log_every_steps = 20
         c.checkpoint_every_steps = 20
         c.model.head_init = "lecun"
-    elif stage == "pretrain":                     # configs/quickstart.py:pretrain, repeated here
-        c.data.image_size = c.data.resize_size = 8
-        c.optim.learning_rate = 2e-3
-        c.optim.warmup_epochs = 0.15
-        c.batch_size = 256
-        c.num_steps = 180
-        c.log_every_steps = 25
-        c.checkpoint_every_steps = 50
     else:                                         # surgical: the target, a shifted copy of the source task
         c.data.image_size = c.data.resize_size = 8
         c.data.shift = "invert"                   # the study sets invert (input level) and permute_labels (output)
@@ -72,7 +66,11 @@ def get_config(stage: str = "base"):
         c.num_steps = 120
         c.log_every_steps = 40
         c.checkpoint_every_steps = 0
-    # What the study itself varies (scripts/transfer_study.py), recorded with every run.
+    return _with_study(c)
+
+
+def _with_study(c):
+    """What the study itself varies (scripts/transfer_study.py), recorded with every run."""
     c.study = ml_collections.ConfigDict()
     c.study.split_seed = 0                        # Yosinski: the seeded shuffle that splits the 62 classes in halves
     c.study.copied_stages = (1, 2, 3, 4, 5)       # n: stem, stem+layer1, ..., stem..layer4 copied
