@@ -14,6 +14,7 @@ import json
 import os
 import runpy
 import sys
+import time
 import traceback
 
 import torch  # noqa: F401  (loaded before TensorFlow: triton crashes when it comes second)
@@ -63,13 +64,15 @@ def main() -> None:
     results = []
     with tfds.testing.mock_data(num_examples=200):
         for step in plan:
+            started = time.time()
             if "python" in step:
                 code, output = run_python(step["python"])
                 results.append({"command": "README Python examples", "exit_code": code, "output": output})
             else:
                 code, output = run_script(step["script"], step["args"])
                 results.append({"command": step["command"], "exit_code": code, "output": output})
-            print(f"[{results[-1]['exit_code']}] {results[-1]['command']}", flush=True)
+            results[-1]["seconds"] = round(time.time() - started, 1)
+            print(f"[{results[-1]['exit_code']}] {results[-1]['seconds']:6.1f} s  {results[-1]['command']}", flush=True)
     json.dump(results, open("results.json", "w"), indent=1)
 
 

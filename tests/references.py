@@ -138,6 +138,13 @@ def port_outputs(model, variables, x):
     return (np.asarray(model.apply(variables, x)), np.asarray(model.apply(variables, x, return_features=True)))
 
 
+def keras_outputs(model, x) -> tuple[np.ndarray, ...]:
+    """``model.predict(x)`` in one batch: Keras' own inference (training=False), compiled by its backend
+    rather than run op by op (measured: about half the time of ``model(x)`` for ResNet50 and InceptionV3)."""
+    out = model.predict(x, batch_size=len(x), verbose=0)
+    return tuple(np.asarray(a) for a in (out if isinstance(out, (list, tuple)) else [out]))
+
+
 def check_parity(name, refs, outs):
     """``refs[size]`` / ``outs[size]`` = (logits, features): every pair within the parity bar; returns the errors."""
     errors = {f"{kind}@{size}": parity_error(outs[size][i], refs[size][i])

@@ -50,9 +50,11 @@ def _rel(a, b) -> float:
 
 
 def _rel_norm(a, b) -> float:
-    """Relative distance of two parameter tensors (training: a tensor moves as a whole)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    """Relative distance of two parameter tensors (training: a tensor moves as a whole). In float32: the
+    difference of two float32 tensors is exact where they are close, and a 1e-7 error of a ratio compared
+    with 1e-5 does not matter (VGG's 100M-element classifier made float64 copies cost seconds)."""
+    a, b = np.asarray(a, np.float32).ravel(), np.asarray(b, np.float32).ravel()
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -63,9 +65,11 @@ def test_folded_evaluation_equals_batchnorm_for_every_model(name):
     size = _size(arch)
     variables = _random(model, size)
     x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype(np.float32)
-    run = jax.jit(lambda v, x: (model.apply(v, x, return_stages=True),
-                                model.clone(fold_frozen_bn=False).apply(v, x, return_stages=True)))
-    folded, plain = run(variables, x)
+    both = lambda v, x: (model.apply(v, x, return_stages=True),  # noqa: E731
+                         model.clone(fold_frozen_bn=False).apply(v, x, return_stages=True))
+    # ResNet-101/152 repeat one block shape dozens of times: run eagerly, each operation compiles once and
+    # the whole takes a third of compiling both forwards; the others compile faster as one program.
+    folded, plain = (both if arch in ("resnet101", "resnet152") else jax.jit(both))(variables, x)
     assert list(folded) == [*model.stage_names[:-1], "head"]
     worst = {stage: _rel(folded[stage], plain[stage]) for stage in plain}
     print(f"\n{name}: worst relative difference folded vs unfolded {max(worst.values()):.1e}")
@@ -105,10 +109,10 @@ def test_training_at_a_middle_depth_with_and_without_folding(arch, source, depth
     frozen parameters and BatchNorm statistics stay bit-identical to the loaded ones.
 
     Folding rounds differently in the last bits, and training amplifies any such difference; how much is a
-    property of the network, measured here as the noise floor: the unfolded run against itself with its
-    images perturbed by 1e-7 (relative). The random-weight ResNet and VGG keep it far below 1e-5; the
-    random-weight Inception-V3 does not (a 1e-7 perturbation already moves its parameters by ~3e-5 after
-    five steps), so there folding must stay within the floor. A learning rate and batch at which the toys
+    property of the network. The random-weight ResNet and VGG keep it far below 1e-5, the bar they must meet;
+    the random-weight Inception-V3 does not (a 1e-7 relative perturbation of its images already moves its
+    parameters by ~3e-5 after five steps), so there the noise floor is measured, the unfolded run against
+    itself on images perturbed by 1e-7, and folding must stay within it. A learning rate and batch at which the toys
     train smoothly: at 1e-2 with 4 images their losses rise and fall chaotically."""
     size = _size(arch)
     base = registry.create(arch, source, num_classes=5)
@@ -122,8 +126,11 @@ def test_training_at_a_middle_depth_with_and_without_folding(arch, source, depth
     tx = make_optimizer(OptimConfig(name="sgd", learning_rate=1e-3, momentum=0.9), spec, variables["params"], 5)
     step = jax.jit(functools.partial(train_step, frozen_stats=spec.frozen_stats(variables["params"],
                                                                                 variables["batch_stats"])))
+    runs = [("folded", True, batches), ("plain", False, batches)]
+    if arch == "inception_v3":
+        runs.append(("nudged", False, nudged))
     ends = {}
-    for name, fold, data in (("folded", True, batches), ("plain", False, batches), ("nudged", False, nudged)):
+    for name, fold, data in runs:
         model = base.clone(fold_frozen_bn=fold).for_training(spec.frozen_stages, None)
         state = TrainState.create(model.apply, variables, tx, 0)
         for b in data:
@@ -138,13 +145,11 @@ def test_training_at_a_middle_depth_with_and_without_folding(arch, source, depth
         assert any(not np.array_equal(ends["folded"][k], v) for k, v in start.items() if k.split("/")[1] == stage), stage
     params = [k for k in start if k.startswith("params/")]
     worst = max((_rel_norm(ends["folded"][k], ends["plain"][k]), k) for k in params)
-    floor = max(_rel_norm(ends["nudged"][k], ends["plain"][k]) for k in params)
     moved = max(_rel_norm(ends["folded"][k], start[k]) for k in params)
+    floor = max(_rel_norm(ends["nudged"][k], ends["plain"][k]) for k in params) if "nudged" in ends else 0.0
     print(f"\n{arch} depth {depth}: after 5 steps, parameters folded vs unfolded {worst[0]:.1e} ({worst[1]}); "
           f"noise floor {floor:.1e}; moved by training up to {moved:.1e}")
     assert worst[0] <= max(1e-5, 3 * floor), (worst, floor)
-    if arch != "inception_v3":
-        assert worst[0] <= 1e-5
 
 
 def test_bfloat16_folded_against_unfolded_and_float32():

@@ -45,11 +45,9 @@ def timm_reference(name: str, seed: int):
 
 
 def timm_outputs(model, x_nhwc):
-    import torch
-
-    with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
-        return model(x).numpy(), model.forward_head(model.forward_features(x), pre_logits=True).numpy()
+    """``model(x)`` and its pre-logit features (``forward_head(..., pre_logits=True)``: what enters the
+    classifier), caught in the same forward."""
+    return R.torch_logits_and_activation(model, x_nhwc, model.get_classifier(), entering=True)
 
 
 TIMM_CASES = [("resnet18", (224, 160), "model.safetensors"), ("resnet50", (224, 160), "resnet50.pth"),
@@ -78,10 +76,12 @@ def test_timm_parity(arch, sizes, filename, photos, tmp_path):
         importer.convert_weights(arch, "timm", out, path)
     model, variables, meta = load_pretrained(out)
     assert preprocess.get_spec(meta["preprocessing"]) == info.weights.preprocessing
+    # Inception's many distinct shapes make eager dispatch dearer than one compile; ResNet's repeats are cheap eagerly.
+    port = R.logits_and_features if arch == "inception_v3" else ours
     refs, outs = {}, {}
     for size in sizes:
         x = batch(photos, meta["preprocessing"], size)
-        refs[size], outs[size] = timm_outputs(ref, x), ours(model, variables, x)
+        refs[size], outs[size] = timm_outputs(ref, x), port(model, variables, x)
     check(f"timm {arch}", refs, outs)
 
 
@@ -119,11 +119,19 @@ def hf_reference(depth: int, directory: Path, num_labels: int = 1000, seed: int 
 
 
 def hf_outputs(model, x_nhwc):
+    """The logits and the flattened pooler output (what enters the classifier), caught in the same forward."""
     import torch
 
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
-        return model(x).logits.numpy(), model.resnet(x).pooler_output.flatten(1).numpy()
+        caught = []
+        hook = model.classifier.register_forward_pre_hook(lambda m, inputs: caught.append(inputs[0]))
+        try:
+            logits = model(x).logits.numpy()
+        finally:
+            hook.remove()
+        assert len(caught) == 1
+        return logits, caught[0].flatten(1).numpy()
 
 
 @pytest.mark.parametrize("depth,num_labels", [(18, 1000), (50, 10), (152, 1000)])

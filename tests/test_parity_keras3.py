@@ -18,6 +18,7 @@ import pytest
 import references as R
 from tl_jax import load_pretrained
 from tl_jax.weights import importer
+from tl_jax.weights.keras import convert_keras, convert_keras_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,36 +28,48 @@ batch, ours, check, cli = R.source_batch, R.port_outputs, R.check_parity, R.conv
 
 # ------------------------------------------------------------------------------------------------ Keras 3
 
-def keras_free(app: str, seed: int, size: int, **kwargs):
-    """``keras.applications.<app>(weights=None)`` with logits out and random BN statistics, plus the same graph
-    with a free spatial size (the application fixes its input when it has a top)."""
+def keras_app(app: str, seed: int, size: int, **kwargs):
+    """``keras.applications.<app>(weights=None)`` with logits out and random BN statistics."""
     import keras
 
     keras.utils.set_random_seed(seed)
     kwargs.setdefault("classifier_activation", None)
     model = getattr(keras.applications, app)(weights=None, input_shape=(size, size, 3), **kwargs)
     R.randomize_keras_bn(model, seed)
+    return model
+
+
+def free_size(model):
+    """The same graph and weights with a free spatial size (the application fixes its input when it has a top)."""
+    import keras
+
     config = model.get_config()
     config["layers"][0]["config"]["batch_shape"] = (None, None, None, 3)
     free = keras.Model.from_config(config)
     free.set_weights(model.get_weights())
-    return model, free
+    return free
 
 
 def convert_both_formats(model, arch, tmp_path, backbone_only=False):
-    """Save ``.weights.h5`` and ``.keras``, convert both: they must give the same variables."""
-    import jax
-
+    """Save ``.weights.h5`` and ``.keras``, convert both: they must give the same variables. The first goes
+    through ``importer.convert_weights`` into a store; the second through the same reader and table
+    without writing a second store (the backbone case converts the ``.keras`` through the script too)."""
     model.save_weights(tmp_path / "model.weights.h5")
     model.save(tmp_path / "model.keras")
-    stores = []
-    for name in ("model.weights.h5", "model.keras"):
-        out = tmp_path / f"store_{name}"
-        summary = importer.convert_weights(arch, "keras", out, tmp_path / name, backbone_only=backbone_only)
-        stores.append(load_pretrained(out))
-    flat = [jax.tree.leaves(s[1]) for s in stores]
-    assert all(np.array_equal(a, b) for a, b in zip(*flat))
-    return stores[0], summary
+    out = tmp_path / "store"
+    summary = importer.convert_weights(arch, "keras", out, tmp_path / "model.weights.h5", backbone_only=backbone_only)
+    loaded = load_pretrained(out)
+    other = (convert_keras_backbone(arch, tmp_path / "model.keras")[0] if backbone_only
+             else convert_keras(arch, tmp_path / "model.keras"))
+    assert same_variables(loaded[1], other)
+    return loaded, summary
+
+
+def same_variables(a, b) -> bool:
+    import jax
+
+    return jax.tree.structure(dict(a)) == jax.tree.structure(dict(b)) and all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(dict(a)), jax.tree.leaves(dict(b))))
 
 
 @pytest.mark.parametrize("app,arch,sizes,classes", [("ResNet50", "resnet50", (224, 160), 1000),
@@ -64,16 +77,19 @@ def convert_both_formats(model, arch, tmp_path, backbone_only=False):
 def test_keras3_parity(app, arch, sizes, classes, photos, tmp_path):
     import keras
 
-    model, free = keras_free(app, seed=classes, size=sizes[0], classes=classes)
+    model = keras_app(app, seed=classes, size=sizes[0], classes=classes)
+    free = free_size(model)
     (flax_model, variables, meta), _ = convert_both_formats(model, arch, tmp_path)
     assert meta["num_classes"] == classes
     pool = "avg_pool"
     both = keras.Model(free.input, [free.output, free.get_layer(pool).output])
+    # Inception's many distinct shapes make eager dispatch dearer than one compile; ResNet's repeats are cheap eagerly.
+    port = R.logits_and_features if arch == "inception_v3" else ours
     refs, outs = {}, {}
     for size in sizes:
         x = batch(photos, meta["preprocessing"], size)
-        refs[size] = tuple(np.asarray(a) for a in both(x, training=False))
-        outs[size] = ours(flax_model, variables, x)
+        refs[size] = R.keras_outputs(both, x)
+        outs[size] = port(flax_model, variables, x)
     check(f"keras 3 {app}", refs, outs)
 
 
@@ -81,13 +97,12 @@ def test_keras3_vgg16_with_top_and_as_a_backbone(photos, tmp_path):
     """VGG16 with its top (224 only: fc1 fixes the input), then include_top=False under the user's own head."""
     import keras
 
-    model, _ = keras_free("VGG16", seed=16, size=224, classes=7)
+    model = keras_app("VGG16", seed=16, size=224, classes=7)
     (tmp_path / "top").mkdir()
     (flax_model, variables, meta), _ = convert_both_formats(model, "vgg16", tmp_path / "top")
     x = batch(photos, meta["preprocessing"], 224)
     fc2 = keras.Model(model.input, [model.output, model.get_layer("fc2").output])
-    check("keras 3 VGG16 top", {224: tuple(np.asarray(a) for a in fc2(x, training=False))},
-          {224: ours(flax_model, variables, x)})
+    check("keras 3 VGG16 top", {224: R.keras_outputs(fc2, x)}, {224: ours(flax_model, variables, x)})
 
     keras.utils.set_random_seed(3)
     base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(None, None, 3))
@@ -103,14 +118,14 @@ def test_keras3_vgg16_with_top_and_as_a_backbone(photos, tmp_path):
     refs, outs = {}, {}
     for size in (224, 160):
         x = batch(photos, meta["preprocessing"], size)
-        ref = np.asarray(base(x, training=False))
+        ref = R.keras_outputs(base, x)[0]
         refs[size] = (ref[:, :4, :4].reshape(2, -1), ref.mean(axis=(1, 2)))
         stages = flax_model.apply(variables, x, return_stages=True)
         outs[size] = (np.asarray(stages["block5"])[:, :4, :4].reshape(2, -1),
                       np.asarray(flax_model.apply(variables, x, return_features=True)))
     check("keras 3 VGG16 backbone (block5, pooled)", refs, outs)
     # The backbone store takes a new head like any other.
-    head_model, head_vars, _ = load_pretrained(tmp_path / "bb" / "store_model.keras", num_classes=5)
+    head_model, head_vars, _ = load_pretrained(tmp_path / "bb" / "cli", num_classes=5)
     assert head_model.apply(head_vars, x).shape == (2, 5)
 
 
@@ -121,6 +136,6 @@ def test_keras_legacy_vgg16_notop_converts(photos, tmp_path):
     assert summary["num_classes"] is None
     flax_model, variables, _ = load_pretrained(tmp_path / "out")
     x = batch(photos, "caffe", 224)
-    ref = np.asarray(model(x, training=False))
+    ref = R.keras_outputs(model, x)[0]
     err = R.parity_error(np.asarray(flax_model.apply(variables, x, return_stages=True)["block5"]), ref)
     assert err <= R.PARITY_TOL, err

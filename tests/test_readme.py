@@ -124,6 +124,7 @@ def test_readme_commands_and_examples_run(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "readme_runner.py"), str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    print("\n" + proc.stdout)
     results = json.loads((tmp_path / "results.json").read_text())
     for r in results:
         assert r["exit_code"] == 0, f"README command failed: {r['command']}\n{r['output'][-3000:]}"

@@ -104,6 +104,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Two hosts: layer4 and the head train (layer4's BatchNorm synced across the processes). Full fine-tuning
+# would sync every BatchNorm over loopback Gloo, half a second a step here, and test nothing more.
+HOSTS = {**RUN, "parallel": "shard_map", "freeze.frozen_depth": 4}
+
+
 def _two_hosts(workdir: str, config: dict, **env: str) -> list[subprocess.Popen]:
     """Two train.py processes x 2 CPU devices, one jax.distributed job on loopback."""
     coordinator = f"127.0.0.1:{_free_port()}"
@@ -115,7 +120,7 @@ def _two_hosts(workdir: str, config: dict, **env: str) -> list[subprocess.Popen]
 @pytest.mark.slow
 def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(tmp_path):
     """JAX's preemption service tells the other host; both save the same step and exit 143."""
-    config = {**RUN, "parallel": "shard_map", "num_steps": 20}
+    config = HOSTS
     ref_dir, work = str(tmp_path / "ref"), str(tmp_path / "run")
     refs, procs = _two_hosts(ref_dir, config), _two_hosts(work, config)
     try:
@@ -156,9 +161,9 @@ def test_without_the_preemption_service_the_hosts_agree_through_a_collective(tmp
     """``jax_enable_preemption_service`` off: each host's own handler notes the signal and the hosts take
     the maximum of their flags every step, so both still save the same step and exit 143."""
     work = str(tmp_path / "run")
-    procs = _two_hosts(work, {**RUN, "parallel": "shard_map", "num_steps": 200}, JAX_ENABLE_PREEMPTION_SERVICE="false")
+    procs = _two_hosts(work, {**HOSTS, "num_steps": 2000}, JAX_ENABLE_PREEMPTION_SERVICE="false")
     try:
-        _wait_for(procs[0], "step 2/200")
+        _wait_for(procs[0], "step 2/2000")
         procs[1].send_signal(signal.SIGTERM)
         errs = [p.communicate(timeout=120)[1] for p in procs]
     finally:

@@ -16,16 +16,18 @@ import pytest
 
 from tl_jax import members
 from tl_jax.experiment import ablation, restore, run, sweep
-from tl_jax.experiment.config import ConfigError, load_config
+from tl_jax.experiment.config import ConfigError, load_config, override
 from tl_jax.tree import flat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, "configs", "default.py")
-# ResNet-18 from a random init on 8x8 digits: trainable BatchNorm in every suffix but the head's.
-TINY = {"data.source": "digits", "data.train_split": "all[:20%]", "data.eval_split": "all[20%:]",
+# ResNet-18 from a random init on 8x8 digits: trainable BatchNorm in every suffix but the head's. Evaluated on
+# 360 digits (two eval batches, the last one padded): every check compares evaluations, none needs more images.
+TINY = {"data.source": "digits", "data.train_split": "all[:20%]", "data.eval_split": "all[20%:40%]",
         "data.image_size": 8, "data.resize_size": 8, "data.min_crop_area": 1.0, "model.arch": "resnet18",
         "model.dtype": "float32", "batch_size": 16, "eval_batch_size": 240, "num_steps": 4, "log_every_steps": 2,
         "checkpoint_every_steps": 2, "eval_every_epochs": 0, "parallel": "none", "tensorboard": False}
+EVAL = 360
 CASES = {  # frozen stages -> (extra config, swept fields): two members each, every member checked
     "full": ({"optim.learning_rate": 0.01}, {"seed": [0, 1]}),         # per-member initial variables
     # surgical: stem+layer1+layer2 computed once per batch; layer4 and the head frozen but run per member
@@ -48,6 +50,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _members_against_separate_runs(config, fields, batching, tmp_path) -> None:
+    config = override(config, {"checkpoint_every_steps": 4})     # one checkpoint each, the end's (restored below)
     exp, sw, values = sweep.build(config, fields, batching=batching)
     assert len(sw.members) == int(np.prod([len(v) for v in fields.values()]))
     res = members.fit(sw, str(tmp_path / "sweep"), log=lambda r: None)
@@ -61,8 +64,8 @@ def _members_against_separate_runs(config, fields, batching, tmp_path) -> None:
         print(f"\nmember {v}: worst relative difference to its train.py run {worst:.1e}")
         assert worst <= 1e-5, (v, worst)
         final = res.final_evals[i]
-        assert final["count"] == result["final_eval"]["count"] == 1438
-        assert final["top1"] == pytest.approx(result["final_eval"]["top1"], abs=1 / 1438 + 1e-9)
+        assert final["count"] == result["final_eval"]["count"] == EVAL
+        assert final["top1"] == pytest.approx(result["final_eval"]["top1"], abs=1 / EVAL + 1e-9)
         assert final["loss"] == pytest.approx(result["final_eval"]["loss"], rel=1e-4)
     # the members really differ: the sweep is not K copies of one run
     a, b = flat(res.member_variables(0)), flat(res.member_variables(len(values) - 1))
@@ -99,7 +102,7 @@ def test_outputs_resume_and_a_restart_with_other_values_is_refused(tmp_path):
     rows = resumed["members"]
     assert [(r["optim.learning_rate"], r["label_smoothing"]) for r in rows] == [
         (0.1, 0.0), (0.1, 0.1), (0.01, 0.0), (0.01, 0.1)]
-    assert all(r["eval_count"] == 1438 and 0 <= r["best_eval_top1"] <= 1 for r in rows)
+    assert all(r["eval_count"] == EVAL and 0 <= r["best_eval_top1"] <= 1 for r in rows)
     with open(os.path.join(work, "sweep.csv")) as f:
         table = list(csv.DictReader(f))
     assert len(table) == 4 and {"optim.learning_rate", "label_smoothing", "best_eval_top1"} <= set(table[0])
@@ -132,7 +135,7 @@ def test_a_member_whose_loss_turns_non_finite_is_dropped_and_the_others_finish(t
     summary = sweep.run(config, str(tmp_path / "s"), fields, echo=False)
     good, bad = summary["members"]
     assert bad["diverged"] and bad["final_eval_top1"] is None and bad["final_train_loss"] is None
-    assert not good["diverged"] and good["eval_count"] == 1438 and 0 < good["final_eval_top1"] <= 1
+    assert not good["diverged"] and good["eval_count"] == EVAL and 0 < good["final_eval_top1"] <= 1
     records = [json.loads(line) for line in open(tmp_path / "s" / "metrics.jsonl")]
     dropped = [r for r in records if r.get("event") == "dropped"]
     assert len(dropped) == 1 and dropped[0]["members"] == [1]
@@ -190,8 +193,8 @@ def test_data_parallel_and_member_sharding_give_the_same_members():
         for i in range(2):
             for k, v in one["params"][i].items():
                 assert _rel(np.asarray(out[name]["params"][i][k]), np.asarray(v)) <= 1e-4, (name, i, k)
-            assert out[name]["evals"][i]["count"] == one["evals"][i]["count"] == 1438
-            assert out[name]["evals"][i]["top1"] == pytest.approx(one["evals"][i]["top1"], abs=2 / 1438)
+            assert out[name]["evals"][i]["count"] == one["evals"][i]["count"] == EVAL
+            assert out[name]["evals"][i]["top1"] == pytest.approx(one["evals"][i]["top1"], abs=2 / EVAL)
 
 
 def test_the_script_refuses_a_graph_field_in_one_line():

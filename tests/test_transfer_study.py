@@ -88,6 +88,7 @@ def test_surgical_at_toy_size(tmp_path):
     with pytest.raises(ValueError, match="unknown 'layer9'"):
         transfer_study.surgical(CONFIG, str(tmp_path / "bad"), overrides={**TINY, "study.variants": ("layer9",)},
                                 log=lambda m: None)
+    assert not (tmp_path / "bad").exists()       # refused before pretraining
 
 
 def test_shifts_are_fixed_and_change_what_they_say():

@@ -43,9 +43,11 @@ def run_quickstart(config_file: str, workdir: str, *, seeds: Sequence[int] = (0,
     """
     t0 = time.time()
     workdir = os.path.abspath(workdir)
-    # The few-label runs share shapes and hyperparameters across settings: compile each program once.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # The few-label runs share shapes and hyperparameters across settings: compile each program once
+    # (in the workdir, unless a compilation cache is configured already, e.g. JAX_COMPILATION_CACHE_DIR).
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     pre_config = override(load_config(config_file + ":pretrain"), overrides or {})
     log("1/4 pretraining ResNet-18 on printed glyphs (62 classes, 8x8) ...")
     pre = run.train(pre_config, os.path.join(workdir, PRETRAIN), progress=progress, echo=False)

@@ -131,18 +131,18 @@ def surgical(config_file: str, workdir: str, *, seeds: Sequence[int] = (0,), ove
     t0, workdir = time.time(), os.path.abspath(workdir)
     pre_config = load_config(f"{config_file}:pretrain", overrides)
     target = load_config(f"{config_file}:surgical", overrides)
-    job = Job("pretrain", {}, {"treatment": "source", "seed": int(pre_config.seed), "shift": ""})
-    d = os.path.join(workdir, RUNS, job.name)
-    source = _train(pre_config, d, job, log, progress)
-    store = _store(workdir, d, "source")
     lp_ft = {"freeze.lp_ft_steps": int(target.num_steps) // 2,
              "freeze.schedule_learning_rates": tuple(target.study.lp_ft_learning_rates)}
     every = {**{s: {"freeze.trainable_stages": (s,), "activation_cache": s != "stem"} for s in SURGICAL_VARIANTS[:6]},
              "all": {"freeze.frozen_depth": 0}, "lp_ft": lp_ft}
     unknown = [v for v in target.study.variants if v not in every]
-    if unknown:
+    if unknown:   # before pretraining: a typo costs nothing
         raise ValueError(f"study.variants: unknown {unknown[0]!r}; choose among {', '.join(SURGICAL_VARIANTS)}")
     freezing = {v: every[v] for v in target.study.variants}
+    job = Job("pretrain", {}, {"treatment": "source", "seed": int(pre_config.seed), "shift": ""})
+    d = os.path.join(workdir, RUNS, job.name)
+    source = _train(pre_config, d, job, log, progress)
+    store = _store(workdir, d, "source")
     rows = []
     for shift in target.study.shifts:
         for seed in seeds:
