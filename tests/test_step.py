@@ -198,3 +198,15 @@ def test_label_smoothing_cross_entropy_matches_formula():
                                -(target * logp).sum(1), rtol=1e-5)
     np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)),
                                -logp[np.arange(5), labels], rtol=1e-5)
+
+
+def test_a_float64_step_keeps_the_state_type():
+    """Computed in float64, BatchNorm statistics are stored back in float32: every leaf of the state keeps
+    its shape and dtype, so the second step reuses the first one's program."""
+    with jax.enable_x64(True):
+        _, state, step = _setup("resnet18", {"frozen_depth": 3}, dtype=jnp.float64)
+        types = lambda s: jax.tree.map(lambda a: (np.shape(a), np.asarray(a).dtype), s)  # noqa: E731
+        before = types(state)
+        for i in range(2):
+            state, _ = step(state, _batch(i))
+        assert types(state) == before

@@ -74,7 +74,7 @@ def _members_against_separate_runs(config, fields, batching, tmp_path) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_each_vmapped_member_ends_where_a_separate_train_run_ends(case, tmp_path):
-    """The default (vmap) computes each member's run. Arithmetic in float64 (parameters stay float32):
+    """The default (vmap) computes each member's run. Arithmetic in float64 (parameters and BatchNorm statistics stay float32):
     in float32 the batched convolutions sum in another order and this chaotic toy amplifies the last
     bits (a 1e-6 change of the initial parameters moves a single run by 1e-2), which would hide the
     difference between a wrong program and a reordered sum."""

@@ -99,6 +99,9 @@ def train_step(state: TrainState, batch: Batch, *, label_smoothing: float | jax.
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_stats = restore_frozen_stats(state.batch_stats, batch_stats, frozen_stats)
+    # Statistics keep their stored dtype: computed in float64 they would change the state's type after the
+    # first step (a second compilation, and float64 statistics in the checkpoint).
+    batch_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), batch_stats, state.batch_stats)
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
 
