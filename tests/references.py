@@ -134,8 +134,22 @@ def source_batch(photos, spec, size: int) -> np.ndarray:
 
 
 def port_outputs(model, variables, x):
-    """(logits, pre-logit features) of the Flax port, run eagerly."""
+    """(logits, pre-logit features) of the Flax port, whichever way costs less here (measured): Inception-V3,
+    with its many distinct shapes, as one compiled program; the others eagerly (ResNet repeats one block
+    shape, so op-by-op dispatch compiles each operation once; VGG costs the same either way)."""
+    from tl_jax.models.inception import InceptionV3
+
+    if isinstance(model, InceptionV3):
+        return logits_and_features(model, variables, x)
     return (np.asarray(model.apply(variables, x)), np.asarray(model.apply(variables, x, return_features=True)))
+
+
+def same_tree(a, b) -> bool:
+    """Same tree structure and every leaf equal (NaN equal to NaN)."""
+    import jax
+
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.array_equal(x, y, equal_nan=True) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def keras_outputs(model, x) -> tuple[np.ndarray, ...]:

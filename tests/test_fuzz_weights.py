@@ -128,11 +128,6 @@ def attempt(fmt, path, out, monkeypatch):
         signal.signal(signal.SIGALRM, previous)
 
 
-def same(a, b) -> bool:
-    return jax.tree.structure(a) == jax.tree.structure(b) and all(
-        np.array_equal(x, y, equal_nan=True) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 @pytest.fixture
 def cached_templates(monkeypatch):
     """The model's variable shapes traced once per configuration, not once per case (a speed-up only:
@@ -176,9 +171,9 @@ def test_fuzzed_weight_files(intact, tmp_path, monkeypatch, cached_templates):
                 expect = ("refuse", ["non-finite", named(fmt, src, expect[1])])
             else:
                 assert error is None, (case, str(error))
-                assert same(variables, want), case
+                assert R.same_tree(variables, want), case
         if expect[0] == "same_or_refuse" and error is None:
-            assert same(variables, intact_vars) or (fmt not in ("pth", "safetensors") and same(
+            assert R.same_tree(variables, intact_vars) or (fmt not in ("pth", "safetensors") and R.same_tree(
                 variables, as_hdf5_reads(fmt, bad, arrays, intact_vars))), case
         if expect[0] == "refuse":
             assert error is not None, f"{case}: converted, expected a refusal naming {expect[1]}"
@@ -209,7 +204,7 @@ def test_nonfinite_override_converts_faithfully(intact, tmp_path, monkeypatch):
     saved = {}
     monkeypatch.setattr(store, "save_pretrained", lambda d, variables, m, **kw: saved.update(v=variables))
     importer.convert_weights("resnet18", "torchvision", tmp_path / "out", tmp_path / "nan.pth", allow_nonfinite=True)
-    assert same(saved["v"], importer._CONVERTERS["torchvision"]("resnet18", poisoned, allow_nonfinite=True))
+    assert R.same_tree(saved["v"], importer._CONVERTERS["torchvision"]("resnet18", poisoned, allow_nonfinite=True))
     assert np.isnan(saved["v"]["params"]["layer1"]["block0"]["conv1"]["kernel"]).sum() == 1
 
 
@@ -221,7 +216,7 @@ def test_legacy_pickle_pth_converts(intact, tmp_path):
     torch.save({k: torch.from_numpy(a) for k, a in arrays.items()}, tmp_path / "legacy.pth",
                _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(tmp_path / "legacy.pth")
-    assert same(importer._CONVERTERS["torchvision"]("resnet18", tmp_path / "legacy.pth"), intact_vars)
+    assert R.same_tree(importer._CONVERTERS["torchvision"]("resnet18", tmp_path / "legacy.pth"), intact_vars)
 
 
 def test_pickled_code_is_refused(tmp_path):

@@ -76,12 +76,10 @@ def test_timm_parity(arch, sizes, filename, photos, tmp_path):
         importer.convert_weights(arch, "timm", out, path)
     model, variables, meta = load_pretrained(out)
     assert preprocess.get_spec(meta["preprocessing"]) == info.weights.preprocessing
-    # Inception's many distinct shapes make eager dispatch dearer than one compile; ResNet's repeats are cheap eagerly.
-    port = R.logits_and_features if arch == "inception_v3" else ours
     refs, outs = {}, {}
     for size in sizes:
         x = batch(photos, meta["preprocessing"], size)
-        refs[size], outs[size] = timm_outputs(ref, x), port(model, variables, x)
+        refs[size], outs[size] = timm_outputs(ref, x), ours(model, variables, x)
     check(f"timm {arch}", refs, outs)
 
 

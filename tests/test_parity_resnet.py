@@ -40,16 +40,6 @@ def batch(photos, spec_name: str, size: int) -> np.ndarray:
                      for p in photos])
 
 
-def ours(model, variables, x):
-    """(logits, pre-logit features) of the Flax port. ResNet-101/152 run eagerly: they repeat one block shape
-    dozens of times, so op-by-op dispatch compiles each operation once and costs less than compiling the
-    whole forward; the shallower ones compile faster than two eager forwards (measured here)."""
-    if sum(model.stage_sizes) > 16:
-        return (np.asarray(model.apply(variables, x)),
-                np.asarray(model.apply(variables, x, return_features=True)))
-    return R.logits_and_features(model, variables, x)
-
-
 def convert_and_load(arch, source, path, tmp_path, convert_fn):
     if arch == CLI_ARCH:
         out = tmp_path / f"{arch}_{source}"
@@ -87,7 +77,7 @@ def test_torchvision_resnet(depth, photos, tmp_path):
         for size in SIZES:
             x = batch(photos, "torchvision", size)
             refs[size] = (R.torch_forward(ref, x), captured["features"])
-            outs[size] = ours(model, variables, x)
+            outs[size] = R.port_outputs(model, variables, x)
     check(f"torchvision {arch}", refs, outs)
 
 
@@ -111,5 +101,5 @@ def test_keras_resnet(depth, photos, tmp_path):
     for size in SIZES:
         x = batch(photos, "caffe", size)
         refs[size] = tuple(np.asarray(a) for a in both(x, training=False))
-        outs[size] = ours(model, variables, x)
+        outs[size] = R.port_outputs(model, variables, x)
     check(f"keras {arch}", refs, outs)

@@ -50,7 +50,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _members_against_separate_runs(config, fields, batching, tmp_path) -> None:
-    config = override(config, {"checkpoint_every_steps": 4})     # one checkpoint each, the end's (restored below)
+    config = override(config, {"checkpoint_every_steps": config.num_steps})   # one each, the end's (restored below)
     exp, sw, values = sweep.build(config, fields, batching=batching)
     assert len(sw.members) == int(np.prod([len(v) for v in fields.values()]))
     res = members.fit(sw, str(tmp_path / "sweep"), log=lambda r: None)
@@ -74,10 +74,10 @@ def _members_against_separate_runs(config, fields, batching, tmp_path) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_each_vmapped_member_ends_where_a_separate_train_run_ends(case, tmp_path):
-    """The default (vmap) computes each member's run. Arithmetic in float64 (parameters and BatchNorm statistics stay float32):
-    in float32 the batched convolutions sum in another order and this chaotic toy amplifies the last
-    bits (a 1e-6 change of the initial parameters moves a single run by 1e-2), which would hide the
-    difference between a wrong program and a reordered sum."""
+    """The default (vmap) computes each member's run. Arithmetic in float64 (parameters and BatchNorm
+    statistics stay float32): in float32 the batched convolutions sum in another order and this chaotic
+    toy amplifies the last bits (a 1e-6 change of the initial parameters moves a single run by 1e-2),
+    which would hide the difference between a wrong program and a reordered sum."""
     with jax.enable_x64(True):
         _members_against_separate_runs(_config(case, **{"model.dtype": "float64"}), CASES[case][1], "vmap",
                                        tmp_path)
