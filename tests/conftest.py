@@ -20,13 +20,15 @@ except ImportError:  # the torch extra is optional
     pass
 
 
-# The longest files first (seconds on the 2-core machine, --durations=0): pytest-xdist's loadfile hands out one
-# file at a time in collection order (with --no-loadscope-reorder), so a long file collected last would keep
-# one worker busy while the other idles; the rest keep their collection order.
-LONGEST_FIRST = ("test_reliability.py", "test_sweep.py", "test_fold.py", "test_parity_resnet.py", "test_export.py",
-                 "test_parity_keras3.py", "test_transfer_study.py", "test_readme.py", "test_parity_hub.py",
-                 "test_export_keras.py", "test_fuzz_weights.py", "test_activations.py", "test_resume.py",
-                 "test_quickstart.py", "test_multiprocess.py", "test_parallel.py", "test_cli.py", "test_workflow.py")
+# The longest files first, by their summed test seconds in a --durations=0 run on the 2-core machine: pytest-xdist's
+# loadfile hands out one file at a time in collection order (with --no-loadscope-reorder), so a long file collected
+# last would keep one worker busy while the other idles; the rest keep their collection order.
+LONGEST_FIRST = ("test_reliability.py", "test_sweep.py", "test_fold.py", "test_parity_hub.py", "test_parity_vgg.py",
+                 "test_readme.py", "test_step.py", "test_export.py", "test_cli.py", "test_parity_keras3.py",
+                 "test_parity_resnet.py", "test_transfer_study.py", "test_stages.py", "test_activations.py",
+                 "test_fuzz_weights.py", "test_parity_inception.py", "test_export_keras.py", "test_resume.py",
+                 "test_quickstart.py", "test_benchmark.py", "test_weight_sources.py", "test_parallel.py",
+                 "test_multiprocess.py", "test_ablation.py", "test_convert_cli.py", "test_workflow.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -298,6 +298,9 @@ def test_digits_class_filter_and_few_labels_match_scikit_learn():
     from sklearn.datasets import load_digits
 
     ref = load_digits()
+    images, labels = digits_lib.digits_arrays()   # read without importing scikit-learn
+    assert images.dtype == ref.images.dtype and np.array_equal(images, ref.images)
+    assert labels.dtype == np.int64 and np.array_equal(labels, ref.target)
     by_pixels = {digits_lib.upsample(img[None], 32)[0].tobytes(): int(t) for img, t in zip(ref.images, ref.target)}
     classes = (5, 6, 7, 8, 9)
     src = digits_lib.load("train", classes=classes)

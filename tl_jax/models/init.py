@@ -36,8 +36,11 @@ def init_variables(model: Any, size: int, seed: int = 0) -> dict[str, Any]:
         name = path_str(path).rsplit("/", 1)[-1]
         if name == "kernel":  # variance_scaling(1, "fan_in", "truncated_normal"): redraw beyond 2 sigma
             z = rng.standard_normal(x.shape)
-            while (bad := np.abs(z) > 2).any():
-                z[bad] = rng.standard_normal(int(bad.sum()))
+            flat = z.reshape(-1)
+            bad = np.flatnonzero(np.abs(flat) > 2)
+            while bad.size:   # only the redrawn entries can be out of range again: check those alone
+                flat[bad] = rng.standard_normal(bad.size)
+                bad = bad[np.abs(flat[bad]) > 2]
             std = math.sqrt(1.0 / int(np.prod(x.shape[:-1]))) / 0.87962566103423978
             return (z * std).astype(x.dtype)
         if name not in fills:

@@ -36,6 +36,20 @@ def linear_to_dense(a: np.ndarray) -> np.ndarray:
     return a.T
 
 
+def transposed(a: np.ndarray, axes: Sequence[int], slab_axis: int, slab: int) -> np.ndarray:
+    """``np.transpose(a, axes)`` as a C-contiguous array, copied ``slab`` indices of ``slab_axis`` at a time.
+
+    numpy copies a permuted view in one pass over the whole array, missing the cache on one side: VGG's fc6
+    (103M floats) took 0.9 s each way here. Thin slabs keep both sides in cache (0.26 s and 0.56 s).
+    """
+    out = np.empty([a.shape[i] for i in axes], a.dtype)
+    at = list(axes).index(slab_axis)
+    for start in range(0, a.shape[slab_axis], slab):
+        part = slice(start, start + slab)
+        out[(slice(None),) * at + (part,)] = a[(slice(None),) * slab_axis + (part,)].transpose(axes)
+    return out
+
+
 def show(name: str) -> str:
     """A source key as printed in errors: as is, or quoted with escapes when it would not print
     (a damaged file can hold keys with control characters or lone surrogates)."""
