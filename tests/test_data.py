@@ -267,6 +267,24 @@ def test_tfds_prepared_dataset_eval_sharding_and_resumption(toy_tfds):
     assert not set(shards[0]) & set(shards[1])
 
 
+def test_tfds_epoch_order_ignores_tensorflows_global_seed(toy_tfds):
+    """The full-shuffle path's order depends on (seed, epoch) only: ``tf.random.set_seed`` (which
+    ``keras.utils.set_random_seed`` calls) neither changes it nor, at 0, breaks the pipeline (it did)."""
+    import tensorflow as tf
+
+    def epochs():  # two epochs of 5 batches, the second crossing into a new permutation
+        return np.concatenate([ids(b) for b in take(toy_ds(toy_tfds, seed=5), 10)])
+
+    unseeded = epochs()
+    try:
+        for global_seed in (0, 7):
+            tf.random.set_seed(global_seed)
+            np.testing.assert_array_equal(epochs(), unseeded, err_msg=f"tf.random.set_seed({global_seed})")
+    finally:
+        tf.random.set_seed(None)
+    assert len(set(unseeded[:20])) == 20 and not np.array_equal(unseeded[:20], unseeded[20:])
+
+
 @pytest.mark.parametrize("name,num_classes,first", [("tf_flowers", 5, "dandelion"),
                                                    ("oxford_iiit_pet", 37, "Abyssinian")])
 def test_tfds_catalog_datasets_under_mock_data(tfds, name, num_classes, first):

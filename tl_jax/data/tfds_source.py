@@ -187,14 +187,20 @@ class TFDSSource(Source):
 
     def _buffered_epochs(self, ctx: Context, epoch: int, first_step: int) -> Any:
         """The shard fits the shuffle buffer: every epoch a full shuffle seeded by ``(seed, epoch)``,
-        all epochs in one pipeline (no restart every few steps on small datasets)."""
+        all epochs in one pipeline (no restart every few steps on small datasets).
+
+        The permutation is stateless in ``(seed, epoch)`` alone: ``Dataset.shuffle`` would mix in TensorFlow's
+        global seed (``tf.random.set_seed``, which ``keras.utils.set_random_seed`` calls), changing the order,
+        and fails on an epoch-dependent seed when that global seed is 0."""
         tf = tf_ops.tf_module()
         shard = self._shard(ctx)
         base, n = self._read(shard, ctx), self._size(shard)
 
         def one_epoch(e):
-            order_seed = tf.constant(ctx.seed, tf.int64) * 1_000_003 + e
-            return self._epoch_elements(ctx, base.shuffle(n, seed=order_seed, reshuffle_each_iteration=False), e)
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(ctx.seed, tf.int64), e]))
+            whole = base.batch(n).map(lambda data, label: (tf.gather(data, order), tf.gather(label, order)))
+            return self._epoch_elements(ctx, whole.unbatch(), e)   # n elements held, as a full shuffle buffer holds
 
         ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch)
         return ds.skip(first_step * ctx.local_batch_size)   # read, not decoded
