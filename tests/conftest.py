@@ -11,6 +11,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"tl_jax_tests_xla_{_run}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# One OpenMP / MKL thread for torch's references (here and in every subprocess): pytest-xdist already runs one
+# worker per core, and torch's threads, sized to the core count, spin-wait on the other worker's core (measured
+# on the 2-core machine: the four parity files took 221-223 s with one thread, 236-241 s without).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 try:
     # torchvision (through triton) segfaults when imported after TensorFlow in one process: load it first.

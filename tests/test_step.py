@@ -59,8 +59,9 @@ def _flat(tree):
 
 
 def _check_frozen_exact(spec, before, after, stats_before, stats_after):
+    after, stats_after = _flat(after), _flat(stats_after)
     for path, old in _flat(before).items():
-        new = _flat(after)[path]
+        new = after[path]
         if spec.is_frozen(path):
             np.testing.assert_array_equal(new, old, err_msg=f"frozen {path} moved")
         else:
@@ -68,9 +69,9 @@ def _check_frozen_exact(spec, before, after, stats_before, stats_after):
     keep = spec.frozen_stats(before, stats_before)
     for path, old in _flat(stats_before).items():
         if path in keep:
-            np.testing.assert_array_equal(_flat(stats_after)[path], old, err_msg=f"frozen stats {path} moved")
+            np.testing.assert_array_equal(stats_after[path], old, err_msg=f"frozen stats {path} moved")
         else:
-            assert not np.array_equal(_flat(stats_after)[path], old), f"trainable stats {path} did not change"
+            assert not np.array_equal(stats_after[path], old), f"trainable stats {path} did not change"
 
 
 CASES = [("resnet18", 2), ("resnet18", 5), ("vgg11", 3), ("vgg11", 6), ("vgg11_bn", 2)]
@@ -111,11 +112,12 @@ def test_one_trainable_stage_moves_alone_with_its_optimizer_state_and_no_backwar
     for i in range(3):
         state, metrics = step(state, _batch(i, size=size))
     assert np.isfinite(float(metrics["loss"]))
+    params, stats = _flat(state.params), _flat(state.batch_stats)
     for path, old in _flat(params0).items():
-        moved = not np.array_equal(_flat(state.params)[path], old)
+        moved = not np.array_equal(params[path], old)
         assert moved == path.startswith(stage + "/"), path
     for path, old in _flat(stats0).items():
-        moved = not np.array_equal(_flat(state.batch_stats)[path], old)
+        moved = not np.array_equal(stats[path], old)
         assert moved == path.startswith(stage + "/"), path
     trainable = sum(x.nbytes for p, x in _flat(params0).items() if p.startswith(stage + "/"))
     scalars = sum(x.nbytes for x in jax.tree.leaves(state.opt_state) if x.ndim == 0)
