@@ -200,7 +200,7 @@ class TFDSSource(Source):
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(ctx.seed, tf.int64), e]))
             whole = base.batch(n).map(lambda data, label: (tf.gather(data, order), tf.gather(label, order)))
-            return self._epoch_elements(ctx, whole.unbatch(), e)   # n elements held, as a full shuffle buffer holds
+            return self._epoch_elements(ctx, whole.unbatch(), e)   # the shard in memory, as the shuffle buffer was
 
         ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch)
         return ds.skip(first_step * ctx.local_batch_size)   # read, not decoded
