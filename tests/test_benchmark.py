@@ -188,10 +188,14 @@ def test_torch_compile_failure_is_one_line_in_the_record(monkeypatch):
 
 def test_torch_compile_peer_on_cpu():
     """The real torch.compile peer (inductor + the C++ compiler on CPU): compile time apart from img/s.
-    About 30 s here with a cold inductor cache, 20 s warm."""
+    Inductor's probe of the SIMD instruction sets (a test build per set the CPU reports, 7 of the 25 s here
+    with a cold cache, as CI has) is skipped: the kernels are built for the best set the CPU reports."""
+    import torch._inductor.config as inductor
+
     t = time.perf_counter()
-    r = torch_peer.time_torch_step("resnet18", 5, batch=2, resolution=32, steps=1, warmup=2, num_classes=10,
-                                   dtype="float32", compiled=True)
+    with inductor.patch({"cpp.vec_isa_ok": True}):
+        r = torch_peer.time_torch_step("resnet18", 5, batch=2, resolution=32, steps=1, warmup=2, num_classes=10,
+                                       dtype="float32", compiled=True)
     print(f"\ntorch.compile peer, ResNet-18 head only, CPU: {time.perf_counter() - t:.1f} s, {r}")
     assert "error" not in r, r["error"]
     assert r["peer"] == "torch_compile" and r["compile_mode"] == "default" and r["warmup_steps"] == 2
