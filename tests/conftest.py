@@ -17,6 +17,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # on the 2-core machine: the four parity files took 221-223 s with one thread, 236-241 s without).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Python's cyclic garbage collector, at its default thresholds (700, 10, 10), runs a young collection every 700
+# net allocations, and tracing a model allocates millions: over test_fold.py and test_stages.py it ran 4,418
+# times and walked the whole heap 19 times (5 s of 115 s). One young collection per 20,000 allocations still
+# frees short-lived cycles within a test; the whole heap is walked about once a file (1 s; that run: 109 s).
+gc.set_threshold(20_000, 10, 10)
 
 try:
     # torchvision (through triton) segfaults when imported after TensorFlow in one process: load it first.

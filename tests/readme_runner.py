@@ -9,6 +9,7 @@ defines them again. Python examples run one after another in one namespace, as a
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -18,6 +19,8 @@ import time
 import traceback
 
 import torch  # noqa: F401  (loaded before TensorFlow: triton crashes when it comes second)
+
+gc.set_threshold(20_000, 10, 10)   # as in tests/conftest.py: fewer garbage collections while tracing
 
 
 def run_script(path: str, args: list[str]) -> tuple[int, str]:

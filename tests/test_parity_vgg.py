@@ -7,7 +7,10 @@ mode on random float32 inputs:
     fc7 after ReLU; Keras ``fc2``);
   * torchvision at a second size (logits), which exercises ``AdaptiveAvgPool2d(7)``:
     100 (block5 is 3x3, pooled up to 7x7, and 25 -> 12 floors in a max-pool) and,
-    for vgg11 only (the cheapest), 256 (8x8 pooled down to 7x7 with overlapping bins);
+    for vgg11 only (the cheapest), 256 (8x8 pooled down to 7x7 with overlapping bins).
+    The pooling and the classifier are one code path for every depth, and a depth
+    differs only in its convolution stack, which 224 checks: the second sizes run on
+    vgg11 and vgg11_bn (with and without BatchNorm), not on all eight;
   * Keras at 100: Keras VGG cannot run its top at another size, so the conv backbone
     is compared instead: ``keras.applications.VGG*(include_top=False)`` given the
     reference's conv weights (by layer name) against our ``block5`` output. Our fc
@@ -38,7 +41,7 @@ from tl_jax.weights.torchvision import convert_torchvision
 
 SIZE, OTHER = 224, 100
 TORCHVISION_ARCHS = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
-EXTRA_SIZES = {"vgg11": (OTHER, 256)}
+EXTRA_SIZES = {"vgg11": (OTHER, 256), "vgg11_bn": (OTHER,)}
 
 
 def _inputs(size: int, seed: int, scale: float = 1.0) -> np.ndarray:
@@ -59,7 +62,7 @@ def test_torchvision_vgg_parity(arch, tmp_path):
     path.unlink()  # VGG files are ~0.5 GB
     model = registry.create(arch, "torchvision")
     errors = {}
-    for size in (SIZE, *EXTRA_SIZES.get(arch, (OTHER,))):
+    for size in (SIZE, *EXTRA_SIZES.get(arch, ())):
         x = _inputs(size, seed=size)
         ref_logits, ref_feats = torch_logits_and_activation(ref, x, ref.classifier[4])
         logits, feats = logits_and_features(model, variables, x)
