@@ -19,8 +19,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Python's cyclic garbage collector, at its default thresholds (700, 10, 10), runs a young collection every 700
 # net allocations, and tracing a model allocates millions: over test_fold.py and test_stages.py it ran 4,418
-# times and walked the whole heap 19 times (5 s of 115 s). One young collection per 20,000 allocations still
-# frees short-lived cycles within a test; the whole heap is walked about once a file (1 s; that run: 109 s).
+# times and walked the whole heap 19 times (5 s of GC, 115-117 s in all). One young collection per 20,000
+# allocations still frees short-lived cycles within a test; over those files: 78 young collections, one of the
+# whole heap (1 s of GC, 109 s in all).
 gc.set_threshold(20_000, 10, 10)
 
 try:
